@@ -1,0 +1,430 @@
+"""Configuration dataclasses: what to train, how, and what the student learns from.
+
+Configs are plain data. They load from and save to YAML or JSON (YAML through
+``yaml.safe_load`` only), and :meth:`validate` runs before any model is touched:
+every error names the field that is wrong and how to fix it.
+
+- :class:`TrainingConfig`   -- the loop: batch size, steps, optimiser, checkpoints, trackers.
+- :class:`DistillationConfig` -- the strategy: temperature, KD loss, weights, matches.
+- :class:`Match`            -- one intermediate match between a teacher and a student feature.
+- :class:`ExperimentConfig` -- a whole run as the CLI reads it (models, data and the two above).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+LayerRef = Union[int, list]
+
+FEATURES = ("hidden", "attention", "module")
+TASKS = (
+    "auto",
+    "sequence_classification",
+    "multilabel_classification",
+    "token_classification",
+    "question_answering",
+    "masked_lm",
+    "causal_lm",
+)
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "polynomial",
+)
+TRACKERS = ("tensorboard", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+PAIR_LOSSES = ("fsp", "gram", "mmd", "nst")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. The message names the field and the fix."""
+
+    def __init__(self, field_name: str, problem: str, fix: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {problem}. Fix: {fix}")
+
+
+def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
+    if not cond:
+        raise ConfigError(field_name, problem, fix)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class _Serializable:
+    """Dict/YAML/JSON round-tripping shared by the config dataclasses."""
+
+    @classmethod
+    def from_dict(cls, data: dict, prefix: str = ""):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(prefix or cls.__name__, f"expected a mapping, got {type(data).__name__}",
+                              "write this section as `key: value` pairs")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{prefix}{unknown[0]}" if prefix else unknown[0],
+                f"unknown field in {cls.__name__}",
+                f"remove it or use one of: {', '.join(sorted(known))}",
+            )
+        return cls(**cls._convert_nested(dict(data), prefix))
+
+    @classmethod
+    def _convert_nested(cls, data: dict, prefix: str) -> dict:
+        return data
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write this config to ``path`` as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        path = Path(path)
+        text = (yaml.safe_dump(self.to_dict(), sort_keys=False)
+                if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2))
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]):
+        """Read a config from a YAML or JSON file (safe loader only) and validate it."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(str(path), "config file not found", "pass the path of an existing .yaml or .json file")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            raise ConfigError(str(path), f"cannot parse: {err}", "fix the syntax of the file") from err
+        config = cls.from_dict(data or {})
+        config.validate()
+        return config
+
+
+@dataclass
+class Match(_Serializable):
+    """One intermediate match: a teacher feature, a student feature, a loss and a weight.
+
+    ``feature`` is ``"hidden"`` (hidden states; layer 0 is the embedding output, layer
+    ``i`` the output of block ``i``, as in Hugging Face's ``hidden_states``),
+    ``"attention"`` (attention probabilities of block ``i``, 0-based) or ``"module"``
+    (the output of any named module: set ``teacher_module``/``student_module``).
+    ``fsp``/``mmd`` take a pair of layers on each side, e.g. ``teacher_layer: [0, 2]``.
+
+    ``projection`` (``"linear"``, ``"relu"``, ``"tanh"``) maps the student feature to the
+    teacher's width; its sizes are read from the models. TextBrewer's
+    ``["linear", dim_S, dim_T]`` form is accepted too.
+    """
+
+    teacher_layer: Optional[LayerRef] = None
+    student_layer: Optional[LayerRef] = None
+    feature: str = "hidden"
+    loss: str = "hidden_mse"
+    weight: float = 1.0
+    weight_schedule: str = "constant"
+    projection: Optional[Union[str, list]] = None
+    teacher_module: Optional[str] = None
+    student_module: Optional[str] = None
+
+    @property
+    def projection_kind(self) -> Optional[str]:
+        if self.projection is None:
+            return None
+        return self.projection if isinstance(self.projection, str) else self.projection[0]
+
+    def name(self) -> str:
+        """A readable, unique-enough tag for logging, e.g. ``hidden_mse/S2-T4``."""
+        if self.feature == "module":
+            return f"{self.loss}/{self.student_module}-{self.teacher_module}"
+
+        def tag(layer):
+            return "_".join(map(str, layer)) if isinstance(layer, list) else str(layer)
+
+        return f"{self.loss}/S{tag(self.student_layer)}-T{tag(self.teacher_layer)}"
+
+    def validate(self, where: str = "match") -> None:
+        from distill_toolkit import losses, projections, schedulers
+
+        _check(self.feature in FEATURES, f"{where}.feature", f"unknown feature {self.feature!r}",
+               f"use one of {', '.join(FEATURES)}")
+        _check(self.loss in losses.available_losses(), f"{where}.loss", f"unknown loss {self.loss!r}",
+               f"use one of {', '.join(losses.available_losses('feature'))}")
+        _check(losses.loss_kind(self.loss) == "feature", f"{where}.loss",
+               f"{self.loss!r} is a logits loss, not a feature loss",
+               f"use one of {', '.join(losses.available_losses('feature'))}")
+        _check(_is_number(self.weight) and self.weight >= 0, f"{where}.weight",
+               f"must be a finite number >= 0, got {self.weight!r}", "set e.g. `weight: 1.0`")
+        _check(self.weight_schedule in schedulers.WEIGHT_SCHEDULES, f"{where}.weight_schedule",
+               f"unknown schedule {self.weight_schedule!r}", f"use one of {', '.join(schedulers.WEIGHT_SCHEDULES)}")
+        if self.projection is not None:
+            ok = isinstance(self.projection, str) or (
+                isinstance(self.projection, list) and len(self.projection) in (3, 4)
+                and isinstance(self.projection[0], str) and all(_is_int(d) for d in self.projection[1:3]))
+            _check(ok, f"{where}.projection", f"bad value {self.projection!r}",
+                   "use a kind (`linear`, `relu`, `tanh`) or TextBrewer's [kind, dim_student, dim_teacher]")
+            _check(self.projection_kind in projections.PROJECTIONS, f"{where}.projection",
+                   f"unknown projection {self.projection_kind!r}", f"use one of {', '.join(projections.PROJECTIONS)}")
+        if self.feature == "module":
+            for side in ("teacher_module", "student_module"):
+                value = getattr(self, side)
+                _check(isinstance(value, str) and value != "", f"{where}.{side}",
+                       "feature 'module' needs a module name on both sides",
+                       "set it to a name from model.named_modules(), e.g. `bert.encoder.layer.2.output`")
+            return
+        pair = self.loss in PAIR_LOSSES
+        for side in ("teacher_layer", "student_layer"):
+            value = getattr(self, side)
+            if pair:
+                _check(isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value),
+                       f"{where}.{side}", f"loss {self.loss!r} compares a pair of layers, got {value!r}",
+                       "give two layer indices, e.g. `[0, 2]`")
+            else:
+                _check(_is_int(value) and value >= 0, f"{where}.{side}",
+                       f"must be a layer index >= 0, got {value!r}",
+                       f"set it (feature {self.feature!r} indexes layers; layer 0 is the embedding output for 'hidden')")
+
+
+@dataclass
+class DistillationConfig(_Serializable):
+    """What the student learns from (TextBrewer's ``DistillationConfig``, extended).
+
+    The total loss of the ``single`` strategy is::
+
+        kd_loss_weight(t) * KD(student logits, teacher logits; T)
+        + hard_label_weight(t) * (the student's own loss on the labels)
+        + sum over matches of weight(t) * match_loss(projection(student feature), teacher feature)
+
+    where ``t`` is training progress in [0, 1] and each weight follows its schedule.
+    """
+
+    strategy: str = "single"
+    task: str = "auto"
+    temperature: float = 1.0
+    temperature_scheduler: Any = "constant"
+    kd_loss: str = "kd_ce"
+    kd_loss_kwargs: dict = field(default_factory=dict)
+    kd_loss_weight: float = 1.0
+    kd_loss_weight_schedule: str = "constant"
+    hard_label_weight: float = 0.0
+    hard_label_weight_schedule: str = "constant"
+    probability_shift: bool = False
+    matches: list = field(default_factory=list)
+
+    _KD_ALIASES = {"ce": "kd_ce", "mse": "kd_mse"}
+
+    @classmethod
+    def _convert_nested(cls, data: dict, prefix: str) -> dict:
+        raw = data.get("matches") or []
+        if not isinstance(raw, list):
+            raise ConfigError(f"{prefix}matches", "must be a list of matches", "write `matches: [ {...}, ... ]`")
+        data["matches"] = [m if isinstance(m, Match) else Match.from_dict(m, f"{prefix}matches[{i}].")
+                           for i, m in enumerate(raw)]
+        return data
+
+    def __post_init__(self):
+        self.kd_loss = self._KD_ALIASES.get(self.kd_loss, self.kd_loss)
+        self.matches = [m if isinstance(m, Match) else Match.from_dict(m, f"matches[{i}].")
+                        for i, m in enumerate(self.matches)]
+
+    def validate(self, where: str = "distillation") -> None:
+        from distill_toolkit import losses, schedulers
+
+        _check(isinstance(self.strategy, str) and self.strategy != "", f"{where}.strategy",
+               f"bad strategy {self.strategy!r}", "use `single` or `supervised`")
+        _check(self.task in TASKS, f"{where}.task", f"unknown task {self.task!r}", f"use one of {', '.join(TASKS)}")
+        _check(_is_number(self.temperature) and self.temperature > 0, f"{where}.temperature",
+               f"must be a number > 0, got {self.temperature!r}", "set e.g. `temperature: 4`")
+        try:
+            schedulers.build_temperature_scheduler(self.temperature_scheduler)
+        except ValueError as err:
+            raise ConfigError(f"{where}.temperature_scheduler", str(err),
+                              "use `constant`, [flsw, beta, gamma] or [cwsm, beta]") from err
+        _check(self.kd_loss in losses.available_losses(), f"{where}.kd_loss", f"unknown loss {self.kd_loss!r}",
+               f"use one of {', '.join(losses.available_losses('logits'))}")
+        _check(losses.loss_kind(self.kd_loss) == "logits", f"{where}.kd_loss",
+               f"{self.kd_loss!r} is a feature loss, not a logits loss",
+               f"use one of {', '.join(losses.available_losses('logits'))}")
+        _check(isinstance(self.kd_loss_kwargs, dict), f"{where}.kd_loss_kwargs", "must be a mapping",
+               "e.g. `kd_loss_kwargs: {beta: 0.5}`")
+        for name in ("kd_loss_weight", "hard_label_weight"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value >= 0, f"{where}.{name}", f"must be a number >= 0, got {value!r}",
+                   f"set e.g. `{name}: 1.0`")
+        for name in ("kd_loss_weight_schedule", "hard_label_weight_schedule"):
+            value = getattr(self, name)
+            _check(value in schedulers.WEIGHT_SCHEDULES, f"{where}.{name}", f"unknown schedule {value!r}",
+                   f"use one of {', '.join(schedulers.WEIGHT_SCHEDULES)}")
+        _check(isinstance(self.probability_shift, bool), f"{where}.probability_shift", "must be true or false",
+               "set `probability_shift: true` to swap the teacher's top logit with the true label's")
+        for i, match in enumerate(self.matches):
+            match.validate(f"{where}.matches[{i}]")
+
+
+@dataclass
+class TrainingConfig(_Serializable):
+    """How the one loop trains: batches, optimiser, schedule, checkpoints, trackers."""
+
+    output_dir: str = "outputs/run"
+    num_epochs: float = 1.0
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    projection_learning_rate: Optional[float] = None
+    weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: str = "no"
+    seed: int = 42
+    eval_every_steps: Optional[int] = None
+    eval_every_epochs: Optional[int] = 1
+    save_every_steps: Optional[int] = None
+    save_total_limit: int = 2
+    metric_for_best: Optional[str] = None
+    greater_is_better: bool = True
+    resume_from: Optional[str] = None
+    log_every_steps: int = 10
+    trackers: list = field(default_factory=lambda: ["tensorboard"])
+    project_name: str = "distill_toolkit"
+    run_name: Optional[str] = None
+    wandb_mode: str = "offline"
+    progress_bar: bool = True
+    cpu: bool = False
+
+    def validate(self, where: str = "training") -> None:
+        _check(isinstance(self.output_dir, str) and self.output_dir != "", f"{where}.output_dir",
+               "must be a folder path", "set e.g. `output_dir: outputs/my_run`")
+        _check(_is_number(self.num_epochs) and self.num_epochs > 0, f"{where}.num_epochs",
+               f"must be > 0, got {self.num_epochs!r}", "set e.g. `num_epochs: 3`")
+        _check(self.max_steps is None or (_is_int(self.max_steps) and self.max_steps > 0), f"{where}.max_steps",
+               f"must be a positive integer or null, got {self.max_steps!r}", "remove it or set e.g. `max_steps: 1000`")
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every_steps",
+                     "save_total_limit"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value > 0, f"{where}.{name}", f"must be a positive integer, got {value!r}",
+                   f"set e.g. `{name}: 1`")
+        for name in ("eval_every_steps", "eval_every_epochs", "save_every_steps"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value > 0), f"{where}.{name}",
+                   f"must be a positive integer or null, got {value!r}", f"remove it or set e.g. `{name}: 100`")
+        _check(_is_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate",
+               f"must be > 0, got {self.learning_rate!r}", "set e.g. `learning_rate: 5.0e-5`")
+        _check(self.projection_learning_rate is None
+               or (_is_number(self.projection_learning_rate) and self.projection_learning_rate > 0),
+               f"{where}.projection_learning_rate", f"must be > 0 or null, got {self.projection_learning_rate!r}",
+               "remove it (projections then use learning_rate) or set e.g. `projection_learning_rate: 1.0e-3`")
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, f"{where}.weight_decay",
+               "must be >= 0", "set e.g. `weight_decay: 0.01`")
+        _check(self.lr_scheduler in LR_SCHEDULERS, f"{where}.lr_scheduler", f"unknown {self.lr_scheduler!r}",
+               f"use one of {', '.join(LR_SCHEDULERS)}")
+        _check(_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio",
+               f"must be in [0, 1), got {self.warmup_ratio!r}", "set e.g. `warmup_ratio: 0.1`")
+        _check(self.max_grad_norm is None or (_is_number(self.max_grad_norm) and self.max_grad_norm > 0),
+               f"{where}.max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm!r}",
+               "set e.g. `max_grad_norm: 1.0`, or null to disable clipping")
+        _check(self.mixed_precision in MIXED_PRECISION, f"{where}.mixed_precision",
+               f"unknown {self.mixed_precision!r}", f"use one of {', '.join(MIXED_PRECISION)}")
+        _check(isinstance(self.trackers, list) and all(t in TRACKERS for t in self.trackers), f"{where}.trackers",
+               f"bad value {self.trackers!r}", f"use a list drawn from {', '.join(TRACKERS)} (or [])")
+        _check(self.wandb_mode in WANDB_MODES, f"{where}.wandb_mode", f"unknown {self.wandb_mode!r}",
+               f"use one of {', '.join(WANDB_MODES)}")
+        _check(_is_int(self.seed), f"{where}.seed", "must be an integer", "set e.g. `seed: 42`")
+
+
+@dataclass
+class ModelSpec(_Serializable):
+    """Where a model comes from, for the CLI.
+
+    - ``path``: a folder with a saved Hugging Face model (``save_pretrained``), or
+      ``builtin:minilm`` for the all-MiniLM-L6-v2 weights the data module fetches.
+    - ``init_from``: ``teacher`` builds the student from the teacher's config and copies
+      the teacher's embeddings, head and the blocks listed in ``layers``.
+    - ``config``: overrides applied to the base config (e.g. a narrower random student).
+    """
+
+    path: Optional[str] = None
+    init_from: Optional[str] = None
+    layers: Optional[list] = None
+    config: dict = field(default_factory=dict)
+    attn_implementation: Optional[str] = None
+
+    def validate(self, where: str) -> None:
+        _check(self.path is not None or self.init_from == "teacher", where,
+               "needs `path` or `init_from: teacher`", "point `path` at a saved model folder or `builtin:minilm`")
+        _check(self.init_from in (None, "teacher"), f"{where}.init_from", f"unknown value {self.init_from!r}",
+               "use `teacher` or remove it")
+        if self.layers is not None:
+            _check(isinstance(self.layers, list) and self.layers and all(_is_int(x) and x >= 0 for x in self.layers),
+                   f"{where}.layers", f"must be a non-empty list of layer indices, got {self.layers!r}",
+                   "e.g. `layers: [1, 3, 5]`")
+
+
+@dataclass
+class DataSpec(_Serializable):
+    """Which built-in data set to train on, for the CLI."""
+
+    name: str = "sentiment"
+    domain: str = "movies"
+    max_length: int = 64
+    max_examples: Optional[int] = None
+    max_train_examples: Optional[int] = None
+    seed: int = 0
+
+    def validate(self, where: str = "data") -> None:
+        _check(self.name in ("sentiment",), f"{where}.name", f"unknown data set {self.name!r}",
+               "use `sentiment` (the VADER corpora)")
+        _check(_is_int(self.max_length) and self.max_length > 1, f"{where}.max_length", "must be an integer > 1",
+               "set e.g. `max_length: 64`")
+
+
+@dataclass
+class ExperimentConfig(_Serializable):
+    """A whole run as ``distill-toolkit train CONFIG.yaml`` reads it."""
+
+    teacher: Optional[ModelSpec] = None
+    student: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+
+    @classmethod
+    def _convert_nested(cls, data: dict, prefix: str) -> dict:
+        parts = {"teacher": ModelSpec, "student": ModelSpec, "data": DataSpec,
+                 "training": TrainingConfig, "distillation": DistillationConfig}
+        for key, kind in parts.items():
+            if key in data and data[key] is not None and not isinstance(data[key], kind):
+                data[key] = kind.from_dict(data[key], f"{prefix}{key}.")
+        return data
+
+    def validate(self) -> None:
+        self.training.validate("training")
+        self.distillation.validate("distillation")
+        self.data.validate("data")
+        self.student.validate("student")
+        if self.distillation.strategy != "supervised":
+            _check(self.teacher is not None, "teacher", f"strategy {self.distillation.strategy!r} needs a teacher",
+                   "add a `teacher:` section with a `path`, or use `strategy: supervised`")
+            self.teacher.validate("teacher")
+        if self.student.init_from == "teacher":
+            _check(self.teacher is not None, "student.init_from", "there is no teacher to copy from",
+                   "add a `teacher:` section or give the student a `path`")

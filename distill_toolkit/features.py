@@ -1,0 +1,278 @@
+"""Taking what a model produces: logits from Hugging Face outputs, features by forward hooks.
+
+Two halves:
+
+- :func:`view_outputs` turns a model's raw output into a :class:`ModelView` (logits, the mask
+  of positions that count, the model's own loss, labels, input mask) for the common
+  Hugging Face heads, or through a user adaptor ``(batch, outputs) -> dict``.
+- :class:`FeatureCapture` registers forward hooks on exactly the modules that the
+  configured matches read (one hidden state or attention map per match, not all layers),
+  so no model code is edited and no ``output_hidden_states`` run is needed.
+
+Feature keys are strings: ``hidden:i`` (``i = 0`` is the embedding output, i.e. the input
+of block 0; ``i >= 1`` the output of block ``i - 1``, as Hugging Face numbers
+``hidden_states``), ``attention:i`` (attention probabilities of block ``i``) and
+``module:NAME`` (the output of the named module, first element if it returns a tuple).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from distill_toolkit.config import TASKS
+
+Adaptor = Callable[[Any, Any], dict]
+
+_ATTENTION_NAMES = ("attention", "self_attn", "attn", "self_attention", "SelfAttention")
+_LAYER_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
+
+
+class FeatureError(ValueError):
+    """A requested feature cannot be taken from the model. The message says which and why."""
+
+
+@dataclass
+class ModelView:
+    """What a strategy reads of one model's forward pass."""
+
+    logits: list = field(default_factory=list)  # list of tensors (QA has two: start, end)
+    logits_mask: Optional[torch.Tensor] = None  # positions that count, shape logits.shape[:-1]
+    loss: Optional[torch.Tensor] = None  # the model's own (hard-label) loss, if it computed one
+    labels: Optional[torch.Tensor] = None
+    inputs_mask: Optional[torch.Tensor] = None  # attention mask of the inputs (B, L)
+    features: dict = field(default_factory=dict)  # feature key -> tensor
+    raw: Any = None  # the model's untouched output
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under DDP / DeepSpeed / compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        else:
+            return model
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Find the transformer's list of blocks (``encoder.layer``, ``model.layers``, ``h`` ...)."""
+    model = unwrap(model)
+    expected = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    best = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        score = (len(module) == expected, name.split(".")[-1] in _LAYER_LIST_NAMES, len(module))
+        if best is None or score > best[0]:
+            best = (score, name, module)
+    if best is None:
+        raise FeatureError(
+            f"cannot find a list of transformer blocks in {type(model).__name__}; "
+            "use feature 'module' with explicit module names, or pass a custom adaptor")
+    return best[1], best[2]
+
+
+def _attention_module(block: nn.Module) -> tuple[str, nn.Module]:
+    for name, module in block.named_modules():
+        if name and name.split(".")[-1] in _ATTENTION_NAMES:
+            return name, module
+    raise FeatureError(f"block {type(block).__name__} has no attention sub-module named one of {_ATTENTION_NAMES}")
+
+
+def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    """Return ``(module, mode)`` whose hook yields feature ``key``; mode is ``pre`` or ``post``."""
+    kind, _, arg = key.partition(":")
+    model = unwrap(model)
+    if kind == "module":
+        modules = dict(model.named_modules())
+        if arg not in modules:
+            close = [n for n in modules if arg.split(".")[-1] in n][:5]
+            raise FeatureError(f"module {arg!r} not found in {type(model).__name__}"
+                               + (f"; similar names: {close}" if close else "")
+                               + ". Use a name from model.named_modules()")
+        return modules[arg], "post"
+    index = int(arg)
+    _, blocks = find_blocks(model)
+    n = len(blocks)
+    if kind == "hidden":
+        if index > n:
+            raise FeatureError(f"hidden layer {index} is out of range: {type(model).__name__} has {n} blocks, "
+                               f"so hidden layers are 0..{n} (0 = embedding output)")
+        return (blocks[0], "pre") if index == 0 else (blocks[index - 1], "post")
+    if kind == "attention":
+        if index >= n:
+            raise FeatureError(f"attention layer {index} is out of range: {type(model).__name__} has {n} blocks, "
+                               f"so attention layers are 0..{n - 1}")
+        return _attention_module(blocks[index])[1], "attention"
+    raise FeatureError(f"unknown feature kind {kind!r} in {key!r}; use hidden, attention or module")
+
+
+def ensure_eager_attention(model: nn.Module) -> None:
+    """Attention maps exist only with the eager implementation; switch to it if needed."""
+    model = unwrap(model)
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", "eager") == "eager":
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        raise FeatureError("attention matches need attention maps: load the model with "
+                           "attn_implementation='eager'")
+    setter("eager")
+
+
+class FeatureCapture:
+    """Forward hooks that record the requested features of one model.
+
+    Hooks stay registered for the life of the object but record only while
+    :attr:`active`; :meth:`collect` hands over what one forward pass produced.
+    """
+
+    def __init__(self, model: nn.Module, keys: list[str]):
+        self.keys = list(dict.fromkeys(keys))
+        self.store: dict[str, torch.Tensor] = {}
+        self.active = False
+        self._handles = []
+        if any(k.startswith("attention:") for k in self.keys):
+            ensure_eager_attention(model)
+        for key in self.keys:
+            module, mode = resolve_feature(model, key)
+            if mode == "pre":
+                handle = module.register_forward_pre_hook(self._pre_hook(key), with_kwargs=True)
+            else:
+                handle = module.register_forward_hook(self._post_hook(key, mode))
+            self._handles.append(handle)
+
+    def _pre_hook(self, key):
+        def hook(module, args, kwargs):
+            if self.active:
+                self.store[key] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    def _post_hook(self, key, mode):
+        def hook(module, args, output):
+            if not self.active:
+                return
+            if mode == "attention":
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is None:
+                    raise FeatureError(f"{key}: the attention module returned no attention weights; load the "
+                                       "model with attn_implementation='eager'")
+                self.store[key] = weights
+            else:
+                self.store[key] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        missing = [k for k in self.keys if k not in self.store]
+        if missing:
+            raise FeatureError(f"features {missing} were not produced by the forward pass; "
+                               "check the layer indices and module names of the matches")
+        out, self.store = self.store, {}
+        return out
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def detect_task(model: nn.Module) -> str:
+    """Guess the task from a Hugging Face model class (``...ForSequenceClassification`` etc.)."""
+    model = unwrap(model)
+    name = type(model).__name__
+    if "QuestionAnswering" in name:
+        return "question_answering"
+    if "TokenClassification" in name:
+        return "token_classification"
+    if "CausalLM" in name:
+        return "causal_lm"
+    if "MaskedLM" in name:
+        return "masked_lm"
+    if "SequenceClassification" in name:
+        problem = getattr(getattr(model, "config", None), "problem_type", None)
+        return "multilabel_classification" if problem == "multi_label_classification" else "sequence_classification"
+    return "auto"
+
+
+def _get(obj, key):
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def view_outputs(outputs: Any, batch: dict, task: str) -> ModelView:
+    """Read logits, masks, loss and labels from a Hugging Face model output.
+
+    Masks: token-level tasks count positions whose label is not ``-100`` (or, without
+    labels, the non-padding positions); causal LMs shift by one so position ``t`` predicts
+    token ``t + 1``; extractive QA sets padded positions of the start/end logits to a large
+    negative value so they get no probability.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} unknown; use one of {TASKS}")
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    inputs_mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    view = ModelView(loss=_get(outputs, "loss"), labels=labels, inputs_mask=inputs_mask, raw=outputs)
+    start = _get(outputs, "start_logits")
+    if task == "question_answering" or (task == "auto" and start is not None):
+        logits = [start, _get(outputs, "end_logits")]
+        if inputs_mask is not None:
+            logits = [lg.masked_fill(inputs_mask == 0, -1e4) for lg in logits]
+        view.logits = logits
+        return view
+    logits = _get(outputs, "logits")
+    if logits is None:
+        raise FeatureError(f"model output {type(outputs).__name__} has no `logits`; pass a custom adaptor")
+    if task == "auto":
+        task = "sequence_classification" if logits.dim() == 2 else "token_classification"
+    if task == "causal_lm":
+        logits = logits[:, :-1]
+        mask = inputs_mask[:, 1:].bool() if inputs_mask is not None else None
+        if labels is not None:
+            shifted = labels[:, 1:] != -100
+            mask = shifted if mask is None else mask & shifted
+        view.logits, view.logits_mask = [logits], mask
+        return view
+    view.logits = [logits]
+    if logits.dim() == 3:
+        if labels is not None and labels.dim() == 2:
+            view.logits_mask = labels != -100
+        elif inputs_mask is not None:
+            view.logits_mask = inputs_mask.bool()
+    return view
+
+
+def view_from_adaptor(result: dict, outputs: Any) -> ModelView:
+    """Build a :class:`ModelView` from a TextBrewer-style adaptor dict.
+
+    Recognised keys: ``logits`` (tensor or list), ``logits_mask``, ``losses`` or ``loss``,
+    ``labels``, ``inputs_mask``, ``hidden`` and ``attention`` (lists indexed by layer,
+    stored as features ``hidden:i`` / ``attention:i``).
+    """
+    if not isinstance(result, dict):
+        raise FeatureError(f"an adaptor must return a dict, got {type(result).__name__}")
+    logits = result.get("logits", [])
+    logits = list(logits) if isinstance(logits, (list, tuple)) else [logits]
+    mask = result.get("logits_mask")
+    if isinstance(mask, (list, tuple)):
+        mask = mask[0]
+    loss = result.get("loss")
+    losses = result.get("losses")
+    if losses is not None:
+        losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+        loss = sum(x.mean() for x in losses)
+    labels = result.get("labels")
+    if isinstance(labels, (list, tuple)):
+        labels = labels[0]
+    view = ModelView(logits=logits, logits_mask=None if mask is None else mask.bool(), loss=loss, labels=labels,
+                     inputs_mask=result.get("inputs_mask"), raw=outputs)
+    for kind in ("hidden", "attention"):
+        for i, tensor in enumerate(result.get(kind) or []):
+            view.features[f"{kind}:{i}"] = tensor
+    return view

@@ -1,0 +1,20 @@
+"""Distillation strategies, found by name: ``distill_toolkit.strategies.get("single")``."""
+
+from distill_toolkit.strategies.base import (
+    Strategy,
+    StrategyError,
+    UnknownStrategyError,
+    available_strategies,
+    build_strategy,
+    get,
+    register_strategy,
+)
+from distill_toolkit.strategies import single as _single  # noqa: F401  (registers "single")
+from distill_toolkit.strategies import supervised as _supervised  # noqa: F401  (registers "supervised")
+from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys
+from distill_toolkit.strategies.supervised import Supervised
+
+__all__ = [
+    "Strategy", "StrategyError", "UnknownStrategyError", "available_strategies", "build_strategy", "get",
+    "register_strategy", "SingleTeacher", "Supervised", "match_feature_keys",
+]

@@ -1,0 +1,81 @@
+"""Small real models and data for tests: built from configs, no downloads."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+VOCAB = 64
+
+
+def tiny_bert(layers: int = 4, hidden: int = 32, heads: int = 4, num_labels: int = 2, seed: int = 0,
+              dropout: float = 0.0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=hidden * 2, max_position_embeddings=64, num_labels=num_labels,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                        attn_implementation="eager")
+    return BertForSequenceClassification(config)
+
+
+class ToyTask(torch.utils.data.Dataset):
+    """Sequences of random tokens; label 1 when token 7 occurs more often than token 9. Variable lengths."""
+
+    def __init__(self, n: int = 64, seed: int = 0, max_len: int = 12):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(n):
+            length = int(torch.randint(4, max_len + 1, (1,), generator=g))
+            ids = torch.randint(5, VOCAB, (length,), generator=g)
+            label = int((ids == 7).sum() > (ids == 9).sum()) if seed % 2 == 0 else int(ids[1] > VOCAB // 2)
+            self.items.append({"input_ids": ids.tolist(), "labels": label})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def collate(examples: list[dict]) -> dict:
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.zeros(len(examples), width, dtype=torch.long)
+    mask = torch.zeros(len(examples), width, dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        mask[row, :len(e["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+
+
+def read_wandb_history(run_file) -> list[dict]:
+    """History rows of an offline W&B run, read from its ``.wandb`` file.
+
+    The file is a 7-byte header (``:W&B``, magic, version) followed by LevelDB-style log
+    records (crc32, little-endian length, type) in 32 KiB blocks, each a protobuf Record.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = open(run_file, "rb").read()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    pos, block, payload, rows = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        payload = chunk if kind in (1, 2) else payload + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
