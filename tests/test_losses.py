@@ -102,9 +102,13 @@ ATT_B, ATT_H, ATT_L = 3, 4, 6
 ATT_MASK = _pad_mask([6, 4, 5], ATT_L, hole=(2, 1))
 
 
-def _att_pair(dim):
+def _att_pair(dim, fill=True):
+    """Student/teacher attention scores; with ``fill`` the padded keys hold -10000, otherwise
+    random values (so only the mask can exclude them)."""
     shape = (ATT_B, ATT_H, ATT_L, ATT_L) if dim == 4 else (ATT_B, ATT_L, ATT_L)
     cols = ATT_MASK[:, None, None, :] if dim == 4 else ATT_MASK[:, None, :]
+    if not fill:
+        cols = None
     return _attention(shape, 10, cols), _attention(shape, 11, cols)
 
 
@@ -127,8 +131,9 @@ ATT_PARAMS = [
 
 
 @pytest.mark.parametrize("name,tb_fn,dim,use_mask", ATT_PARAMS)
-def test_attention_losses_match_textbrewer(name, tb_fn, dim, use_mask):
-    S, T = _att_pair(dim)
+@pytest.mark.parametrize("fill", [True, False], ids=["padded-keys-filled", "raw-scores"])
+def test_attention_losses_match_textbrewer(name, tb_fn, dim, use_mask, fill):
+    S, T = _att_pair(dim, fill)
     mask = ATT_MASK.long() if use_mask else None
     assert_close(L.get(name)(S, T, mask), tb_fn(S, T, mask))
 
@@ -485,7 +490,7 @@ def test_gradients_flow_to_student_only_on_kept_rows(name, top_k):
 
 
 @pytest.mark.parametrize(
-    "name,top_k", [("kd_ce", None)] + [(n, k) for n in SPARSE_LOSSES for k in (None, 3, 6)]
+    "name,top_k", [("kd_ce", None)] + [(n, k) for n in SPARSE_LOSSES for k in (None, 3, 6, 8)]
 )
 def test_inf_logits_for_unused_classes_are_harmless(name, top_k):
     # A padded vocabulary: columns 6 and 7 are -inf for both models; the loss must equal the
@@ -496,7 +501,8 @@ def test_inf_logits_for_unused_classes_are_harmless(name, top_k):
     T = torch.cat([T6, pad], -1)
     kw = {"top_k": top_k} if top_k else {}
     loss = L.get(name)(S, T, 2.0, **kw)
-    assert_close(loss, L.get(name)(S6, T6, 2.0, **kw))
+    kw6 = {"top_k": min(top_k, 6)} if top_k else {}
+    assert_close(loss, L.get(name)(S6, T6, 2.0, **kw6))
     loss.backward()
     assert torch.isfinite(S.grad).all()
 

