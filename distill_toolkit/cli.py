@@ -15,7 +15,7 @@ from typing import Optional
 
 import yaml
 
-from distill_toolkit.config import ConfigError, ExperimentConfig
+from distill_toolkit.config import ConfigError, DataSpec, ExperimentConfig
 
 
 def _apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -45,7 +45,7 @@ def load_experiment(path: str, overrides: Optional[list[str]] = None) -> Experim
 
 def run_experiment(config: ExperimentConfig) -> dict:
     """Build data, teacher and student from ``config`` and train; returns the trainer's result."""
-    from distill_toolkit.data import PaddingCollator, load_sentiment, tokenize_classification
+    from distill_toolkit.data import PaddingCollator, tokenize_classification
     from distill_toolkit.engine import Trainer
     from distill_toolkit.models import load_classifier, load_tokenizer, student_from_teacher
 
@@ -66,16 +66,37 @@ def run_experiment(config: ExperimentConfig) -> dict:
         tokenizer_path = config.student.path
     tokenizer = load_tokenizer(tokenizer_path)
 
-    data = load_sentiment(config.data.domain, seed=config.data.seed, max_examples=config.data.max_examples)
+    data = load_data(config.data)
     if config.data.max_train_examples:
         data["train"] = data["train"].select(range(min(config.data.max_train_examples, len(data["train"]))))
-    tokenized = tokenize_classification(data, tokenizer, max_length=config.data.max_length)
+    tokenized = tokenize_classification(data, tokenizer, max_length=config.data.max_length,
+                                        text_column=config.data.text_column, label_column=config.data.label_column)
     trainer = Trainer(student, config.training, dist, tokenized["train"], teacher=teacher,
                       eval_data=tokenized["dev"], collate_fn=PaddingCollator(tokenizer), tokenizer=tokenizer)
     result = trainer.train()
-    result["test"] = trainer.evaluate(trainer.accelerator.prepare(
-        trainer._loader(tokenized["test"], config.training.eval_batch_size, False, PaddingCollator(tokenizer))))
+    if "test" in tokenized:
+        result["test"] = trainer.evaluate(trainer.accelerator.prepare(
+            trainer._loader(tokenized["test"], config.training.eval_batch_size, False, PaddingCollator(tokenizer))))
     return result
+
+
+def load_data(spec: DataSpec):
+    """The train/dev(/test) DatasetDict named by a :class:`DataSpec`."""
+    if spec.name == "sentiment":
+        from distill_toolkit.data import load_sentiment
+
+        return load_sentiment(spec.domain, seed=spec.seed, max_examples=spec.max_examples)
+    import datasets
+
+    files = {k: v for k, v in (("train", spec.train_file), ("dev", spec.dev_file), ("test", spec.test_file)) if v}
+    kind = "csv" if spec.train_file.endswith(".csv") else "json"
+    data = datasets.load_dataset(kind, data_files=files)
+    for split, part in data.items():
+        missing = {spec.text_column, spec.label_column} - set(part.column_names)
+        if missing:
+            raise ConfigError(f"data.{split}_file", f"columns {sorted(missing)} missing (found {part.column_names})",
+                              "set data.text_column / data.label_column to the file's column names")
+    return data
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -381,18 +381,35 @@ class ModelSpec(_Serializable):
 
 @dataclass
 class DataSpec(_Serializable):
-    """Which built-in data set to train on, for the CLI."""
+    """Which data to train on, for the CLI.
+
+    - ``name: sentiment``: the VADER corpora (``domain``: movies, tweets, amazon, nyt), fetched once.
+    - ``name: files``: your own JSON-lines or CSV files (``train_file``, ``dev_file``, optional
+      ``test_file``) with a text column and an integer label column.
+    """
 
     name: str = "sentiment"
     domain: str = "movies"
+    train_file: Optional[str] = None
+    dev_file: Optional[str] = None
+    test_file: Optional[str] = None
+    text_column: str = "text"
+    label_column: str = "label"
     max_length: int = 64
     max_examples: Optional[int] = None
     max_train_examples: Optional[int] = None
     seed: int = 0
 
     def validate(self, where: str = "data") -> None:
-        _check(self.name in ("sentiment",), f"{where}.name", f"unknown data set {self.name!r}",
-               "use `sentiment` (the VADER corpora)")
+        _check(self.name in ("sentiment", "files"), f"{where}.name", f"unknown data set {self.name!r}",
+               "use `sentiment` (the VADER corpora) or `files` (your own train_file/dev_file)")
+        if self.name == "files":
+            for key in ("train_file", "dev_file"):
+                path = getattr(self, key)
+                _check(isinstance(path, str) and Path(path).is_file(), f"{where}.{key}",
+                       f"file {path!r} not found", "point it at a .jsonl/.json or .csv file")
+            _check(self.test_file is None or Path(self.test_file).is_file(), f"{where}.test_file",
+                   f"file {self.test_file!r} not found", "point it at a file or remove it")
         _check(_is_int(self.max_length) and self.max_length > 1, f"{where}.max_length", "must be an integer > 1",
                "set e.g. `max_length: 64`")
 
