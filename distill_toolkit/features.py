@@ -18,6 +18,7 @@ of block 0; ``i >= 1`` the output of block ``i - 1``, as Hugging Face numbers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Optional
 
 import torch
@@ -91,13 +92,20 @@ def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     model = unwrap(model)
     if kind == "module":
         modules = dict(model.named_modules())
-        if arg not in modules:
+        if not arg or arg not in modules:
             close = [n for n in modules if arg.split(".")[-1] in n][:5]
             raise FeatureError(f"module {arg!r} not found in {type(model).__name__}"
                                + (f"; similar names: {close}" if close else "")
                                + ". Use a name from model.named_modules()")
         return modules[arg], "post"
-    index = int(arg)
+    if kind not in ("hidden", "attention"):
+        raise FeatureError(f"unknown feature kind {kind!r} in {key!r}; use hidden:<i>, attention:<i> or module:<name>")
+    try:
+        index = int(arg)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise FeatureError(f"{key!r}: the layer index must be an integer >= 0, e.g. '{kind}:2'")
     _, blocks = find_blocks(model)
     n = len(blocks)
     if kind == "hidden":
@@ -105,12 +113,10 @@ def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
             raise FeatureError(f"hidden layer {index} is out of range: {type(model).__name__} has {n} blocks, "
                                f"so hidden layers are 0..{n} (0 = embedding output)")
         return (blocks[0], "pre") if index == 0 else (blocks[index - 1], "post")
-    if kind == "attention":
-        if index >= n:
-            raise FeatureError(f"attention layer {index} is out of range: {type(model).__name__} has {n} blocks, "
-                               f"so attention layers are 0..{n - 1}")
-        return _attention_module(blocks[index])[1], "attention"
-    raise FeatureError(f"unknown feature kind {kind!r} in {key!r}; use hidden, attention or module")
+    if index >= n:
+        raise FeatureError(f"attention layer {index} is out of range: {type(model).__name__} has {n} blocks, "
+                           f"so attention layers are 0..{n - 1}")
+    return _attention_module(blocks[index])[1], "attention"
 
 
 def ensure_eager_attention(model: nn.Module) -> None:
@@ -197,7 +203,26 @@ def detect_task(model: nn.Module) -> str:
     if "SequenceClassification" in name:
         problem = getattr(getattr(model, "config", None), "problem_type", None)
         return "multilabel_classification" if problem == "multi_label_classification" else "sequence_classification"
+    if name in _causal_lm_class_names():  # GPT2LMHeadModel, BertLMHeadModel, XLNetLMHeadModel ...
+        return "causal_lm"
     return "auto"
+
+
+@lru_cache(maxsize=1)
+def _causal_lm_class_names() -> frozenset:
+    """Class names Hugging Face's ``AutoModelForCausalLM`` maps to, minus those also masked LMs (XLM)."""
+    try:
+        from transformers.models.auto import modeling_auto as auto
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return frozenset()
+
+    def names(mapping) -> set:
+        out = set()
+        for value in mapping.values():
+            out.update(value if isinstance(value, (list, tuple)) else [value])
+        return out
+
+    return frozenset(names(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - names(auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES))
 
 
 def _get(obj, key):
