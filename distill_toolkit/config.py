@@ -286,6 +286,7 @@ class TrainingConfig(_Serializable):
     max_steps: Optional[int] = None
     batch_size: int = 32
     eval_batch_size: int = 64
+    group_by_length: bool = False
     gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-5
     projection_learning_rate: Optional[float] = None
@@ -349,6 +350,8 @@ class TrainingConfig(_Serializable):
         _check(self.wandb_mode in WANDB_MODES, f"{where}.wandb_mode", f"unknown {self.wandb_mode!r}",
                f"use one of {', '.join(WANDB_MODES)}")
         _check(_is_int(self.seed), f"{where}.seed", "must be an integer", "set e.g. `seed: 42`")
+        _check(isinstance(self.group_by_length, bool), f"{where}.group_by_length", "must be true or false",
+               "set `group_by_length: true` to batch examples of similar length (less padding)")
 
 
 @dataclass

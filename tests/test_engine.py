@@ -99,22 +99,42 @@ def _run_script(out, *args):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
-    whole = _run_script(tmp_path / "whole")
+@pytest.mark.parametrize("sampler", [[], ["--group-by-length"]], ids=["random", "length_grouped"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, sampler):
+    whole = _run_script(tmp_path / "whole", *sampler)
     assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = _run_script(tmp_path / "killed", "--kill-at", "13")
+    killed = _run_script(tmp_path / "killed", "--kill-at", "13", *sampler)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed mid-run
     assert latest_checkpoint(str(tmp_path / "killed")).name == "step_10"
     assert not (tmp_path / "killed" / "final").exists()
     # a save interrupted after step 10 left a partial folder: it must be ignored
     (tmp_path / "killed" / "checkpoints" / "step_15.partial").mkdir()
-    resumed = _run_script(tmp_path / "killed", "--resume")
+    resumed = _run_script(tmp_path / "killed", "--resume", *sampler)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "killed")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+
+
+def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_lengths():
+    from distill_toolkit.data.samplers import LengthGroupedSampler
+
+    lengths = [int(x) for x in torch.randint(1, 100, (203,), generator=torch.Generator().manual_seed(0))]
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=5, mega_batch=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(203))
+    assert list(sampler) == first  # same epoch, same order (resume relies on it)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    batches = [first[i:i + 8] for i in range(0, 203, 8)]
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    shuffled = torch.randperm(203, generator=torch.Generator().manual_seed(1)).tolist()
+    random_spread = sum(max(lengths[i] for i in shuffled[j:j + 8]) - min(lengths[i] for i in shuffled[j:j + 8])
+                        for j in range(0, 203, 8)) / len(batches)
+    assert spread < random_spread / 3  # batches hold similar lengths
+    assert len(batches[-1]) == 203 % 8  # the short batch comes last
 
 
 def test_trackers_write_tensorboard_and_wandb_offline(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from distill_toolkit.config import DistillationConfig, TrainingConfig
+from distill_toolkit.data.samplers import LengthGroupedSampler
 from distill_toolkit.engine.accelerator import build_accelerator
 from distill_toolkit.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distill_toolkit.engine.export import export_student
@@ -127,6 +128,9 @@ class Trainer:
     def _loader(self, data, batch_size: int, shuffle: bool, collate_fn) -> DataLoader:
         if isinstance(data, DataLoader):
             return data
+        if shuffle and self.training.group_by_length:
+            sampler = LengthGroupedSampler(_lengths(data), batch_size, seed=self.training.seed)
+            return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
         generator = torch.Generator().manual_seed(self.training.seed)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn, generator=generator)
 
@@ -313,6 +317,18 @@ class Trainer:
     def save_checkpoint(self):
         return save_checkpoint(self.accelerator, self.training.output_dir, self.state.global_step,
                                self.state.__dict__.copy(), self.training.save_total_limit)
+
+
+def _lengths(data) -> list[int]:
+    """Token counts of a data set's examples, for length grouping."""
+    column = getattr(data, "column_names", None)
+    if column is not None and "input_ids" in column:
+        return [len(ids) for ids in data["input_ids"]]
+    try:
+        return [len(data[i]["input_ids"]) for i in range(len(data))]
+    except (KeyError, TypeError) as err:
+        raise ValueError("training.group_by_length needs examples with an `input_ids` list. Fix: tokenize the data "
+                         "first, or set group_by_length: false") from err
 
 
 def _concat_padded(arrays: list) -> np.ndarray:

@@ -29,10 +29,12 @@ def main():
     parser.add_argument("output_dir")
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--group-by-length", action="store_true")
     args = parser.parse_args()
     training = TrainingConfig(output_dir=args.output_dir, max_steps=24, batch_size=8, learning_rate=2e-3,
                               save_every_steps=5, save_total_limit=3, trackers=[], progress_bar=False,
-                              resume_from="latest" if args.resume else None, eval_every_epochs=None, seed=3)
+                              resume_from="latest" if args.resume else None, eval_every_epochs=None, seed=3,
+                              group_by_length=args.group_by_length)
     distillation = DistillationConfig(temperature=2.0, hard_label_weight=0.5, matches=[
         Match(teacher_layer=4, student_layer=2, projection="linear")])
     teacher = tiny_bert(4, 48, seed=1)
