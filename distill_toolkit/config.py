@@ -304,7 +304,7 @@ class TrainingConfig(_Serializable):
     metric_for_best: Optional[str] = None
     greater_is_better: bool = True
     resume_from: Optional[str] = None
-    log_every_steps: int = 10
+    log_every_steps: int = 1
     trackers: list = field(default_factory=lambda: ["tensorboard"])
     project_name: str = "distill_toolkit"
     run_name: Optional[str] = None

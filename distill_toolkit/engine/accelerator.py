@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 
 from distill_toolkit.config import TrainingConfig
@@ -34,6 +35,11 @@ def build_accelerator(training: TrainingConfig) -> Accelerator:
         os.environ.setdefault("WANDB_MODE", training.wandb_mode)
         os.environ.setdefault("WANDB_DIR", training.output_dir)
         os.environ.setdefault("WANDB_SILENT", "true")
+    # Accelerate keeps its state in process-wide singletons; a second Trainer in the same
+    # process (a teacher run, then a student run) may need other settings. The process
+    # group itself (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(
         cpu=cpu,
         mixed_precision=training.mixed_precision,

@@ -197,7 +197,8 @@ class Trainer:
             for batch in loader:
                 progress = self.state.global_step / self.total_steps
                 with acc.accumulate(self.module):
-                    teachers = {role: runner(batch) for role, runner in self.teachers.items()}
+                    with acc.autocast():
+                        teachers = {role: runner(batch) for role, runner in self.teachers.items()}
                     loss, terms, _ = self.module(batch, teachers, progress)
                     self._check_finite(loss, terms)
                     acc.backward(loss)
