@@ -45,6 +45,8 @@ LR_SCHEDULERS = (
 TRACKERS = ("tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 PAIR_LOSSES = ("fsp", "gram", "mmd", "nst")
+TEACHER_COMBINATIONS = ("mean", "weights", "confidence")
+TASK_SAMPLERS = ("proportional", "round_robin", "weights")
 
 
 class ConfigError(ValueError):
@@ -131,6 +133,9 @@ class Match(_Serializable):
     ``projection`` (``"linear"``, ``"relu"``, ``"tanh"``) maps the student feature to the
     teacher's width; its sizes are read from the models. TextBrewer's
     ``["linear", dim_S, dim_T]`` form is accepted too.
+
+    With several teachers, ``teacher`` names the teacher role the match reads (default: every
+    teacher); with several tasks, ``task`` names the task it applies to (default: every task).
     """
 
     teacher_layer: Optional[LayerRef] = None
@@ -142,6 +147,8 @@ class Match(_Serializable):
     projection: Optional[Union[str, list]] = None
     teacher_module: Optional[str] = None
     student_module: Optional[str] = None
+    teacher: Optional[str] = None
+    task: Optional[str] = None
 
     @property
     def projection_kind(self) -> Optional[str]:
@@ -164,6 +171,12 @@ class Match(_Serializable):
 
         _check(self.feature in FEATURES, f"{where}.feature", f"unknown feature {self.feature!r}",
                f"use one of {', '.join(FEATURES)}")
+        for name in ("teacher", "task"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and value != ""), f"{where}.{name}",
+                   f"must be a {name} name or null, got {value!r}",
+                   f"remove it (the match then applies to every {name}) or name one, e.g. `{name}: "
+                   + ("teacher0`" if name == "teacher" else "movies`"))
         _check(self.loss in losses.available_losses(), f"{where}.loss", f"unknown loss {self.loss!r}",
                f"use one of {', '.join(losses.available_losses('feature'))}")
         _check(losses.loss_kind(self.loss) == "feature", f"{where}.loss",
@@ -212,6 +225,12 @@ class DistillationConfig(_Serializable):
         + sum over matches of weight(t) * match_loss(projection(student feature), teacher feature)
 
     where ``t`` is training progress in [0, 1] and each weight follows its schedule.
+
+    Several teachers (``multi_teacher``, ``multi_task``): KD reads one combination of their
+    logits, ``teacher_combination``: ``mean``, ``weights`` (fixed ``teacher_weights``, a list in
+    the order the teachers are given or a ``{role: weight}`` mapping; normalised to sum to 1) or
+    ``confidence`` (per example, each teacher weighted by its top-class probability).
+    ``strategy_options`` holds free-form settings read by custom strategies.
     """
 
     strategy: str = "single"
@@ -226,6 +245,9 @@ class DistillationConfig(_Serializable):
     hard_label_weight_schedule: str = "constant"
     probability_shift: bool = False
     matches: list = field(default_factory=list)
+    teacher_combination: str = "mean"
+    teacher_weights: Optional[Union[list, dict]] = None
+    strategy_options: dict = field(default_factory=dict)
 
     _KD_ALIASES = {"ce": "kd_ce", "mse": "kd_mse"}
 
@@ -246,8 +268,12 @@ class DistillationConfig(_Serializable):
     def validate(self, where: str = "distillation") -> None:
         from distill_toolkit import losses, schedulers
 
-        _check(isinstance(self.strategy, str) and self.strategy != "", f"{where}.strategy",
-               f"bad strategy {self.strategy!r}", "use `single` or `supervised`")
+        from distill_toolkit.strategies import available_strategies
+
+        known = ", ".join(available_strategies())
+        _check(isinstance(self.strategy, str) and self.strategy in available_strategies(), f"{where}.strategy",
+               f"unknown strategy {self.strategy!r}; known strategies: {known}",
+               "use one of them, or register yours with distill_toolkit.strategies.register_strategy()")
         _check(self.task in TASKS, f"{where}.task", f"unknown task {self.task!r}", f"use one of {', '.join(TASKS)}")
         _check(_is_number(self.temperature) and self.temperature > 0, f"{where}.temperature",
                f"must be a number > 0, got {self.temperature!r}", "set e.g. `temperature: 4`")
@@ -275,6 +301,23 @@ class DistillationConfig(_Serializable):
                "set `probability_shift: true` to swap the teacher's top logit with the true label's")
         for i, match in enumerate(self.matches):
             match.validate(f"{where}.matches[{i}]")
+        _check(self.teacher_combination in TEACHER_COMBINATIONS, f"{where}.teacher_combination",
+               f"unknown combination {self.teacher_combination!r}", f"use one of {', '.join(TEACHER_COMBINATIONS)}")
+        weights = self.teacher_weights
+        if weights is not None:
+            values = list(weights.values()) if isinstance(weights, dict) else weights
+            _check(isinstance(weights, (list, dict)) and all(_is_number(w) and w >= 0 for w in values)
+                   and sum(values) > 0, f"{where}.teacher_weights",
+                   f"must be a list (or role -> weight mapping) of numbers >= 0 with a positive sum, got {weights!r}",
+                   "e.g. `teacher_weights: [0.5, 0.3, 0.2]`, one per teacher")
+            _check(self.teacher_combination == "weights", f"{where}.teacher_weights",
+                   f"is set but teacher_combination is {self.teacher_combination!r}, which ignores it",
+                   "set `teacher_combination: weights`, or remove teacher_weights")
+        _check(self.teacher_combination != "weights" or weights is not None, f"{where}.teacher_weights",
+               "teacher_combination is 'weights' but no teacher_weights are given",
+               "give one weight per teacher, e.g. `teacher_weights: [2, 1]`")
+        _check(isinstance(self.strategy_options, dict), f"{where}.strategy_options", "must be a mapping",
+               "e.g. `strategy_options: {tau: 1.0}`")
 
 
 @dataclass
@@ -287,6 +330,9 @@ class TrainingConfig(_Serializable):
     batch_size: int = 32
     eval_batch_size: int = 64
     group_by_length: bool = False
+    task_sampler: str = "proportional"
+    task_sampling_tau: float = 1.0
+    task_weights: Optional[dict] = None
     gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-5
     projection_learning_rate: Optional[float] = None
@@ -352,6 +398,22 @@ class TrainingConfig(_Serializable):
         _check(_is_int(self.seed), f"{where}.seed", "must be an integer", "set e.g. `seed: 42`")
         _check(isinstance(self.group_by_length, bool), f"{where}.group_by_length", "must be true or false",
                "set `group_by_length: true` to batch examples of similar length (less padding)")
+        _check(self.task_sampler in TASK_SAMPLERS, f"{where}.task_sampler", f"unknown sampler {self.task_sampler!r}",
+               f"use one of {', '.join(TASK_SAMPLERS)} (multi-task data only)")
+        _check(_is_number(self.task_sampling_tau) and self.task_sampling_tau >= 0, f"{where}.task_sampling_tau",
+               f"must be a number >= 0, got {self.task_sampling_tau!r}",
+               "set e.g. `task_sampling_tau: 1.0` (tasks drawn in proportion to |D|^tau; 0 = uniform)")
+        if self.task_weights is not None:
+            ok = isinstance(self.task_weights, dict) and all(
+                isinstance(k, str) and _is_number(v) and v >= 0 for k, v in self.task_weights.items())
+            _check(ok and sum(self.task_weights.values()) > 0, f"{where}.task_weights",
+                   f"must map task names to numbers >= 0 with a positive sum, got {self.task_weights!r}",
+                   "e.g. `task_weights: {movies: 2, tweets: 1}`")
+            _check(self.task_sampler == "weights", f"{where}.task_weights",
+                   f"is set but task_sampler is {self.task_sampler!r}, which ignores it",
+                   "set `task_sampler: weights`, or remove task_weights")
+        _check(self.task_sampler != "weights" or self.task_weights is not None, f"{where}.task_weights",
+               "task_sampler is 'weights' but no task_weights are given", "e.g. `task_weights: {movies: 2, tweets: 1}`")
 
 
 @dataclass

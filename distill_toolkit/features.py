@@ -47,6 +47,7 @@ class ModelView:
     inputs_mask: Optional[torch.Tensor] = None  # attention mask of the inputs (B, L)
     features: dict = field(default_factory=dict)  # feature key -> tensor
     raw: Any = None  # the model's untouched output
+    task: Optional[str] = None  # the batch's task name (multi-task data), else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

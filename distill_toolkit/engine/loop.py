@@ -24,11 +24,12 @@ from transformers import get_scheduler
 
 from distill_toolkit.config import DistillationConfig, TrainingConfig
 from distill_toolkit.data.samplers import LengthGroupedSampler
+from distill_toolkit.data.tasks import TaskCollator, probe_batches, task_loader
 from distill_toolkit.engine.accelerator import build_accelerator
 from distill_toolkit.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distill_toolkit.engine.export import export_student
 from distill_toolkit.engine.module import DistillationModule
-from distill_toolkit.engine.teachers import TeacherRunner, model_inputs
+from distill_toolkit.engine.teachers import TeacherRunner, model_inputs, named_teachers
 from distill_toolkit.features import Adaptor, ModelView
 from distill_toolkit.strategies import build_strategy
 
@@ -82,21 +83,25 @@ class Trainer:
         student: the model to train (any ``nn.Module`` called as ``student(**inputs)``).
         training, distillation: the two configs (validated here, before any model is touched).
         train_data: a ``Dataset`` (batched here with ``collate_fn``, shuffled with the run's seed)
-            or a ready ``DataLoader``.
-        teacher: a frozen teacher ``nn.Module`` (None for ``supervised``).
-        eval_data: optional evaluation ``Dataset`` or ``DataLoader``.
+            or a ready ``DataLoader``; for multi-task runs a dict ``{task: Dataset}``, batched one
+            task at a time by ``training.task_sampler`` (each batch carries ``batch["task"]``).
+        teacher: a frozen teacher ``nn.Module`` (None for ``supervised``); several teachers as a
+            list or a ``{role: model}`` dict; multi-task: ``{task: model or [models]}``, or one
+            multi-head model for every task (see :mod:`distill_toolkit.strategies.base`).
+        eval_data: optional evaluation ``Dataset`` or ``DataLoader``; for multi-task runs a dict
+            ``{task: Dataset}``, evaluated per task (metrics ``task/name``) and averaged.
         collate_fn: turns a list of examples into a batch dict.
         metric_fn: ``(predictions, labels) -> {name: value}``; defaults to accuracy.
         tokenizer: saved beside the exported student.
         student_adaptor, teacher_adaptor: optional ``(inputs, outputs) -> dict`` for models
             whose outputs are not Hugging Face's (keys: logits, logits_mask, losses, labels,
-            inputs_mask, hidden, attention).
+            inputs_mask, hidden, attention); ``teacher_adaptor`` may be a ``{role: adaptor}`` dict.
         callbacks: :class:`Callback` objects.
     """
 
     def __init__(self, student: nn.Module, training: TrainingConfig, distillation: DistillationConfig,
-                 train_data: Union[Dataset, DataLoader], teacher: Optional[nn.Module] = None,
-                 eval_data: Union[Dataset, DataLoader, None] = None, collate_fn: Optional[Callable] = None,
+                 train_data: Union[Dataset, DataLoader, dict], teacher: Union[nn.Module, list, dict, None] = None,
+                 eval_data: Union[Dataset, DataLoader, dict, None] = None, collate_fn: Optional[Callable] = None,
                  metric_fn: Optional[MetricFn] = None, tokenizer: Any = None,
                  student_adaptor: Optional[Adaptor] = None, teacher_adaptor: Optional[Adaptor] = None,
                  callbacks: Optional[list] = None):
@@ -111,23 +116,39 @@ class Trainer:
         self.should_stop = False
         self.state = TrainState()
 
-        strategy = build_strategy(distillation)
+        self.strategy = strategy = build_strategy(distillation)
+        given = named_teachers(teacher)
+        if strategy.teacher_roles and not given:
+            raise ValueError(f"strategy {distillation.strategy!r} needs a teacher. Fix: pass teacher=..., "
+                             "or use strategy 'supervised'")
+        strategy.bind(list(given), list(train_data) if isinstance(train_data, dict) else None)
+        if len(given) == len(strategy.teacher_roles) == 1:  # one teacher, whatever its name
+            given = {strategy.teacher_roles[0]: next(iter(given.values()))}
         self.module = DistillationModule(student, strategy, distillation.task, student_adaptor)
-        self.teachers: dict[str, TeacherRunner] = {}
-        if strategy.teacher_roles:
-            if teacher is None:
-                raise ValueError(f"strategy {distillation.strategy!r} needs a teacher. Fix: pass teacher=..., "
-                                 "or use strategy 'supervised'")
-            role = strategy.teacher_roles[0]
-            self.teachers[role] = TeacherRunner(teacher, role, strategy.feature_keys()[role], distillation.task,
-                                                teacher_adaptor)
+        adaptors = teacher_adaptor if isinstance(teacher_adaptor, dict) else {}
+        self.teachers: dict[str, TeacherRunner] = {
+            role: TeacherRunner(given[role], role, strategy.feature_keys()[role], distillation.task,
+                                adaptors.get(role, None if adaptors else teacher_adaptor))
+            for role in strategy.teacher_roles}
+        self.probes = (probe_batches(train_data, training.batch_size, collate_fn)
+                       if isinstance(train_data, dict) else None)  # one per task, for strategy.setup
         self.train_loader = self._loader(train_data, training.batch_size, shuffle=True, collate_fn=collate_fn)
         self.eval_loader = (None if eval_data is None else
                             self._loader(eval_data, training.eval_batch_size, shuffle=False, collate_fn=collate_fn))
 
-    def _loader(self, data, batch_size: int, shuffle: bool, collate_fn) -> DataLoader:
+    def _loader(self, data, batch_size: int, shuffle: bool, collate_fn):
         if isinstance(data, DataLoader):
             return data
+        t = self.training
+        if isinstance(data, dict) and shuffle:  # multi-task training: one task per batch, drawn by the sampler
+            if t.group_by_length:
+                raise ValueError("training.group_by_length: not supported with multi-task data (a dict of data "
+                                 "sets). Fix: set group_by_length: false")
+            return task_loader(data, batch_size, collate_fn, t.task_sampler, t.task_sampling_tau, t.task_weights,
+                               seed=t.seed, num_replicas=self.accelerator.num_processes)
+        if isinstance(data, dict):  # multi-task evaluation: one loader per task
+            return {task: DataLoader(d, batch_size=batch_size, collate_fn=TaskCollator(collate_fn, task))
+                    for task, d in data.items()}
         if shuffle and self.training.group_by_length:
             sampler = LengthGroupedSampler(_lengths(data), batch_size, seed=self.training.seed)
             return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
@@ -142,11 +163,12 @@ class Trainer:
         for runner in self.teachers.values():
             runner.to(device)
         self.module.student.to(device)
-        probe = _to_device(next(iter(self.train_loader)), device)
-        with torch.no_grad():
-            student_view = self.module.student_view(probe)
-        teacher_views = {role: runner(probe) for role, runner in self.teachers.items()}
-        self.module.strategy.setup(student_view, teacher_views)
+        for probe in self.probes or [next(iter(self.train_loader))]:
+            probe = _to_device(probe, device)
+            with torch.no_grad():
+                student_view = self.module.student_view(probe)
+            teacher_views = {role: self.teachers[role](probe) for role in self.strategy.teachers_for(probe)}
+            self.strategy.setup(student_view, teacher_views)
         self.module.to(device)
 
         t = self.training
@@ -159,7 +181,9 @@ class Trainer:
         steps_per_epoch = math.ceil(batches_per_epoch / acc.num_processes / t.gradient_accumulation_steps)
         self.total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
         self.module, self.optimizer, self.train_loader = acc.prepare(self.module, optimizer, self.train_loader)
-        if self.eval_loader is not None:
+        if isinstance(self.eval_loader, dict):
+            self.eval_loader = {task: acc.prepare(loader) for task, loader in self.eval_loader.items()}
+        elif self.eval_loader is not None:
             self.eval_loader = acc.prepare(self.eval_loader)
         # Stepped once per optimiser step by the loop itself (not prepared), so the schedule
         # is the same whatever the number of processes.
@@ -184,7 +208,7 @@ class Trainer:
                    disable=not (t.progress_bar and acc.is_local_main_process), dynamic_ncols=True)
         clip_params = [p for p in self.module.parameters() if p.requires_grad]
         sums: dict[str, float] = {}
-        micro = 0
+        counts: dict[str, int] = {}
         start = time.perf_counter()
 
         while self.state.global_step < self.total_steps and not self.should_stop:
@@ -198,7 +222,7 @@ class Trainer:
                 progress = self.state.global_step / self.total_steps
                 with acc.accumulate(self.module):
                     with acc.autocast():
-                        teachers = {role: runner(batch) for role, runner in self.teachers.items()}
+                        teachers = {role: self.teachers[role](batch) for role in self.strategy.teachers_for(batch)}
                     loss, terms, _ = self.module(batch, teachers, progress)
                     self._check_finite(loss, terms)
                     acc.backward(loss)
@@ -207,17 +231,17 @@ class Trainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 self.state.batches_in_epoch += 1
-                micro += 1
-                for name, value in {"loss": loss.detach(), **terms}.items():
+                for name, value in {"loss": loss.detach(), **terms}.items():  # per-task terms: only some batches
                     sums[name] = sums.get(name, 0.0) + float(value)
+                    counts[name] = counts.get(name, 0) + 1
                 if not acc.sync_gradients:
                     continue
                 self.lr_scheduler.step()
                 self.state.global_step += 1
                 step = self.state.global_step
-                logs = {f"train/{k}": v / micro for k, v in sums.items()}
+                logs = {f"train/{k}": v / counts[k] for k, v in sums.items()}
                 logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
-                sums, micro = {}, 0
+                sums, counts = {}, {}
                 self.state.history.append({"step": step, **logs})
                 if t.trackers and (step % t.log_every_steps == 0 or step == 1):
                     acc.log(logs, step=step)
@@ -293,6 +317,11 @@ class Trainer:
     def evaluate(self, loader: Optional[DataLoader] = None) -> dict:
         """Metrics of the student on ``loader`` (default: the eval data), gathered across ranks."""
         loader = loader or self.eval_loader
+        if isinstance(loader, dict):  # multi-task: each task's metrics, then their mean over tasks
+            per_task = {task: self.evaluate(task_loader) for task, task_loader in loader.items()}
+            names = next(iter(per_task.values()))
+            means = {k: float(np.mean([m[k] for m in per_task.values()])) for k in names}
+            return {**means, **{f"{task}/{k}": v for task, m in per_task.items() for k, v in m.items()}}
         acc = self.accelerator
         model = self.module
         was_training = model.training

@@ -11,6 +11,7 @@ from typing import Optional
 
 from torch import nn
 
+from distill_toolkit.data.tasks import accepts_task, batch_task
 from distill_toolkit.engine.teachers import model_inputs
 from distill_toolkit.features import Adaptor, FeatureCapture, detect_task, view_from_adaptor, view_outputs
 from distill_toolkit.strategies.base import Strategy
@@ -30,9 +31,13 @@ class DistillationModule(nn.Module):
         hooked = [k for k in keys if adaptor is None or k.startswith("module:")]
         # Kept out of the module tree on purpose: hooks are not parameters or buffers.
         self.__dict__["capture"] = FeatureCapture(student, hooked)
+        self.takes_task = accepts_task(student)  # multi-head students get the batch's task
 
     def student_view(self, batch):
         inputs = model_inputs(batch, "student")
+        task = batch_task(batch)
+        if self.takes_task and task is not None:
+            inputs = {**inputs, "task": task}
         self.capture.active = True
         try:
             outputs = self.student(**inputs)
@@ -41,6 +46,7 @@ class DistillationModule(nn.Module):
         view = (view_from_adaptor(self.adaptor(inputs, outputs), outputs) if self.adaptor
                 else view_outputs(outputs, inputs, self.task))
         view.features.update(self.capture.collect())
+        view.task = task
         return view
 
     def forward(self, batch, teachers, progress: float):

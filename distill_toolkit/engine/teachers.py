@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
+from distill_toolkit.data.tasks import accepts_task, batch_task
 from distill_toolkit.features import (
     Adaptor,
     FeatureCapture,
@@ -31,6 +32,35 @@ def model_inputs(batch: dict, role: str) -> dict:
     return {k: v for k, v in batch.items() if k not in ("student", "teacher", "teacher_cache", "task", "id")}
 
 
+def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[str, nn.Module]:
+    """Name the teachers given to the Trainer by role.
+
+    ``model`` -> ``{"teacher": model}``; ``[m0, m1]`` -> ``{"teacher0": m0, "teacher1": m1}``;
+    ``{"big": m}`` -> ``{"big": m}``; one level of nesting for multi-task runs:
+    ``{"movies": [m0, m1], "tweets": m2}`` -> ``{"movies/teacher0": m0, "movies/teacher1": m1, "tweets": m2}``.
+    """
+    if teacher is None:
+        return {}
+    if isinstance(teacher, nn.Module):
+        return {"teacher": teacher}
+
+    def flat(value, prefix: str, depth: int) -> dict:
+        if isinstance(value, nn.Module):
+            return {prefix: value}
+        if depth > 1 or not isinstance(value, (list, tuple, dict)) or not value:
+            raise TypeError(f"teacher{'' if not prefix else ' ' + repr(prefix)}: expected a model, a list of models "
+                            f"or a dict of them (one level of nesting), got {type(value).__name__}")
+        items = value.items() if isinstance(value, dict) else ((f"teacher{i}", m) for i, m in enumerate(value))
+        out = {}
+        for name, model in items:
+            if not isinstance(name, str) or not name or "/" in name:
+                raise TypeError(f"teacher role {name!r}: use a non-empty name without '/'")
+            out.update(flat(model, f"{prefix}/{name}" if prefix else name, depth + 1))
+        return out
+
+    return flat(teacher, "", 0)
+
+
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -49,6 +79,7 @@ class TeacherRunner:
         self.task = detect_task(model) if task == "auto" else task
         hooked = [k for k in feature_keys if adaptor is None or k.startswith("module:")]
         self.capture = FeatureCapture(model, hooked)
+        self.takes_task = accepts_task(model)  # multi-head teachers get the batch's task
 
     def to(self, device) -> "TeacherRunner":
         self.model.to(device)
@@ -56,6 +87,9 @@ class TeacherRunner:
 
     def __call__(self, batch: dict) -> ModelView:
         inputs = model_inputs(batch, self.role)
+        task = batch_task(batch)
+        if self.takes_task and task is not None:
+            inputs = {**inputs, "task": task}
         with torch.inference_mode():
             self.capture.active = True
             try:
@@ -70,4 +104,5 @@ class TeacherRunner:
         view.logits = [t.clone() for t in view.logits]
         view.features = {k: v.clone() for k, v in view.features.items()}
         view.loss = None
+        view.task = task
         return view

@@ -1,25 +1,37 @@
 """The strategy protocol and its registry.
 
 A strategy decides *what* the student learns from; the loop decides everything about
-*training*. The loop calls, in order:
+*training*. A strategy is an ``nn.Module`` registered by name; the :class:`~distill_toolkit.Trainer`
+builds it from ``distillation.strategy`` and calls, in order:
 
+0. ``bind(roles, tasks)`` once, first: the roles (names) of the teachers it was given and, for
+   multi-task data, the task names. ``teacher=model`` is the role ``"teacher"``;
+   ``teacher=[m0, m1]`` the roles ``"teacher0"``, ``"teacher1"``; ``teacher={"big": m}`` the role
+   ``"big"``; nested ``{"movies": [m0, m1]}`` the roles ``"movies/teacher0"``, ``"movies/teacher1"``.
+   The strategy checks them and sets :attr:`teacher_roles`: the teachers it reads.
 1. ``feature_keys()`` once, before any forward pass: which features each model must
-   yield (``{"student": [...], "teacher": [...]}``, keys as in :mod:`distill_toolkit.features`),
-   so hooks capture only those. Multi-teacher strategies name each teacher role.
-2. ``setup(student, teachers)`` once, on the views of a first (probe) batch: check that
-   shapes agree and build learnable parts (projections) whose sizes depend on the models.
-   Errors raised here name the config field and the fix, before any training step.
-3. ``forward(batch, student, teachers, progress)`` every micro-batch, inside the student's
+   yield (``{"student": [...], role: [...]}``, keys as in :mod:`distill_toolkit.features`),
+   so hooks capture only those, and only on the teachers that need them.
+2. ``setup(student, teachers)`` on the views of a probe batch (one per task for multi-task
+   data; ``student.task`` names it): check that shapes agree and build learnable parts
+   (projections) whose sizes depend on the models. Errors raised here name the config field
+   and the fix, before any training step.
+3. ``teachers_for(batch)`` every micro-batch: the roles whose teachers run on this batch
+   (default: all; ``multi_task`` picks the batch's task's teachers).
+4. ``forward(batch, student, teachers, progress)`` every micro-batch, inside the student's
    autograd graph: returns ``(loss, terms)`` where ``terms`` maps names to scalar tensors
    that the trackers log (``kd``, ``hard_label``, ``hidden_mse/S2-T4`` ...).
 
-``student`` and each teacher are :class:`~distill_toolkit.features.ModelView` objects;
-``teachers`` maps role names to views (``{"teacher": view}`` for one teacher; a view read
-from a teacher cache looks the same). ``progress`` is the fraction of training done, in
-[0, 1], for schedules. A strategy is an ``nn.Module``: its parameters (projections) are
-trained, checkpointed and distributed with the student.
+``student`` and each teacher are :class:`~distill_toolkit.features.ModelView` objects
+(logits, masks, the model's own loss, labels, captured features, the batch's ``task``);
+``teachers`` maps the roles of step 3 to views (a view read from a teacher cache looks the
+same). ``progress`` is the fraction of training done, in [0, 1], for schedules. Being an
+``nn.Module``, a strategy's parameters (projections) are trained, checkpointed and distributed
+with the student; ``param_groups(lr)`` gives their optimiser groups. ``self.options`` holds
+``distillation.strategy_options``, free-form settings for custom strategies.
 
 Register a new strategy with :func:`register_strategy`; nothing else needs editing.
+See ``docs/strategies.md`` for a worked example.
 """
 
 from __future__ import annotations
@@ -56,9 +68,28 @@ class Strategy(nn.Module):
     def __init__(self, config: DistillationConfig):
         super().__init__()
         self.config = config
+        self.options = dict(getattr(config, "strategy_options", None) or {})
+
+    def bind(self, roles: list[str], tasks: Optional[list[str]] = None) -> None:
+        """Check the roles of the teachers given. Default: exactly :attr:`teacher_roles` (a single teacher
+        passed under another name is accepted as the one role; the Trainer renames it)."""
+        expected = list(self.teacher_roles)
+        if sorted(roles) == sorted(expected) or (len(roles) == len(expected) == 1):
+            return
+        if not expected:
+            return  # teacher-free strategies ignore teachers
+        raise StrategyError(
+            f"strategy {self.name!r} takes {len(expected)} teacher(s) ({', '.join(expected)}) but got {len(roles)}"
+            f"{': ' + ', '.join(roles) if roles else ''}. Fix: pass "
+            + ("teacher=<model>" if len(expected) == 1 else f"teacher={{{', '.join(repr(r) + ': ...' for r in expected)}}}")
+            + (", or use strategy 'multi_teacher' for several teachers" if len(roles) > 1 else ""))
 
     def feature_keys(self) -> dict[str, list[str]]:
         return {"student": [], **{role: [] for role in self.teacher_roles}}
+
+    def teachers_for(self, batch) -> tuple:
+        """Roles whose teachers run on ``batch`` (default: every role)."""
+        return tuple(self.teacher_roles)
 
     def setup(self, student: ModelView, teachers: dict[str, ModelView]) -> None:
         """Check the probe views and build learnable parts. Default: nothing to do."""

@@ -1,0 +1,184 @@
+"""``multi_teacher``: several teachers of one task into one student.
+
+TextBrewer's MultiTeacherDistiller averaged the teachers' logits and could not match
+intermediate layers. Here the loss is::
+
+    kd_weight(t) * KD(student logits, combine(teacher logits); T)
+    + hard_label_weight(t) * student's own loss
+    + sum over matches m, over the teachers r that m reads:
+          m.weight(t) * m.loss(projection_{m,r}(student feature), feature of teacher r)
+
+``combine`` (``distillation.teacher_combination``) is, per logits head:
+
+- ``mean``: the mean of the teachers' logits (TextBrewer's rule);
+- ``weights``: ``sum_r w_r * logits_r`` with the fixed ``teacher_weights`` normalised to sum to 1;
+- ``confidence``: per example (per position for token-level heads), each teacher weighted by its
+  confidence, the probability of its top class ``c_r = max softmax(logits_r)``:
+  ``sum_r (c_r / sum_q c_q) * logits_r``. Confident teachers speak louder on the examples they
+  are sure of; the weights carry no gradient.
+
+A match reads every teacher unless it names one (``Match(teacher="teacher1", ...)``), so teachers
+of different depths each get the layers they have; each (match, teacher) pair has its own
+projection, so teachers may differ in width. Logged terms: ``kd``, ``hard_label`` and
+``<role>/<match name>`` (e.g. ``teacher1/hidden_mse/S2-T4``). With one teacher the loss equals
+the ``single`` strategy's.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from distill_toolkit.config import PAIR_LOSSES, DistillationConfig, Match
+from distill_toolkit.features import ModelView
+from distill_toolkit.schedulers import scheduled_weight
+from distill_toolkit.strategies.base import StrategyError, register_strategy
+from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys
+
+
+def combine_logits(logits: list[torch.Tensor], mode: str = "mean",
+                   weights: Optional[list[float]] = None) -> torch.Tensor:
+    """One combination of several teachers' logits of the same shape (see the module docstring)."""
+    stacked = torch.stack([lg.float() for lg in logits])  # (R, ..., C)
+    if mode == "mean":
+        return stacked.mean(dim=0)
+    if mode == "weights":
+        w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
+        w = w / w.sum()
+        return (w.view(-1, *[1] * (stacked.dim() - 1)) * stacked).sum(dim=0)
+    if mode == "confidence":
+        confidence = stacked.softmax(dim=-1).amax(dim=-1, keepdim=True)  # (R, ..., 1)
+        return (confidence / confidence.sum(dim=0, keepdim=True) * stacked).sum(dim=0)
+    raise ValueError(f"unknown teacher combination {mode!r}")
+
+
+@register_strategy("multi_teacher")
+class MultiTeacher(SingleTeacher):
+    """Several teachers: KD on a combination of their logits, intermediate matches per teacher."""
+
+    teacher_roles: tuple = ("teacher",)
+
+    def __init__(self, config: DistillationConfig):
+        super().__init__(config)
+        self.weights: Optional[list[float]] = None
+        self.pairs: list[tuple[int, Match, str]] = []  # (match index, match, teacher role) per projection
+        self.ready = False
+
+    # ---- step 0: which teachers --------------------------------------------------------
+    def bind(self, roles: list[str], tasks: Optional[list[str]] = None) -> None:
+        if not roles:
+            raise StrategyError(f"strategy {self.name!r} needs at least one teacher. Fix: pass teacher=[model, ...]")
+        self.teacher_roles = tuple(roles)
+        cfg = self.config
+        for i, match in enumerate(cfg.matches):
+            if match.teacher is not None and match.teacher not in roles:
+                raise StrategyError(f"distillation.matches[{i}].teacher: {match.teacher!r} is not one of the teachers "
+                                    f"given ({', '.join(roles)}). Fix: name one of them, or remove `teacher` so the "
+                                    "match reads every teacher")
+        self.weights = self._resolve_weights(roles) if cfg.teacher_combination == "weights" else None
+        self.pairs = [(i, m, role) for i, m in enumerate(cfg.matches) for role in roles
+                      if m.teacher in (None, role)]
+
+    def _resolve_weights(self, roles: list[str]) -> list[float]:
+        weights = self.config.teacher_weights
+        if isinstance(weights, dict):
+            missing = [r for r in roles if r not in weights]
+            if missing:
+                raise StrategyError(f"distillation.teacher_weights has no weight for teacher(s) {missing}; the "
+                                    f"teachers are {list(roles)}. Fix: give a weight for each of them")
+            return [float(weights[r]) for r in roles]
+        if weights is None or len(weights) != len(roles):
+            raise StrategyError(
+                f"distillation.teacher_weights: {0 if weights is None else len(weights)} weight(s) for {len(roles)} "
+                f"teachers ({', '.join(roles)}). Fix: give exactly one weight per teacher, in the order the teachers "
+                "are passed, or a {role: weight} mapping")
+        return [float(w) for w in weights]
+
+    # ---- step 1: which features --------------------------------------------------------
+    def feature_keys(self) -> dict[str, list[str]]:
+        keys = {"student": [], **{role: [] for role in self.teacher_roles}}
+        for _, match, role in self.pairs:
+            keys["student"] += match_feature_keys(match, "student")
+            keys[role] += match_feature_keys(match, "teacher")
+        return {side: list(dict.fromkeys(k)) for side, k in keys.items()}
+
+    # ---- step 2: setup -----------------------------------------------------------------
+    def setup(self, student: ModelView, teachers: dict[str, ModelView]) -> None:
+        cfg = self.config
+        missing = [r for r in self.teacher_roles if r not in teachers]
+        if missing:
+            raise StrategyError(f"setup got no view of teacher(s) {missing}")
+        if cfg.kd_loss_weight > 0:
+            self._check_label_spaces(teachers)
+            for role in self.teacher_roles:
+                try:
+                    self._check_logits(student, teachers[role])
+                except StrategyError as err:
+                    raise StrategyError(f"teacher {role!r} vs the student: {err}") from None
+        if cfg.hard_label_weight > 0 and student.loss is None:
+            raise StrategyError(
+                "distillation.hard_label_weight is > 0 but the student computed no loss: the batch has no "
+                "`labels`. Fix: add labels to the data, or set hard_label_weight: 0 (pure KD on unlabelled text)")
+        if cfg.probability_shift and student.labels is None:
+            raise StrategyError("distillation.probability_shift needs `labels` in the batch. "
+                                "Fix: add labels, or set probability_shift: false")
+        self.projections = nn.ModuleList(
+            self._build_projection(i, m, student, teachers[role]) for i, m, role in self.pairs)
+        self.ready = True
+
+    def _check_label_spaces(self, teachers: dict[str, ModelView]) -> None:
+        first = self.teacher_roles[0]
+        ref = [tuple(lg.shape[-1:]) for lg in teachers[first].logits]
+        for role in self.teacher_roles[1:]:
+            other = [tuple(lg.shape[-1:]) for lg in teachers[role].logits]
+            if other != ref:
+                raise StrategyError(
+                    f"the teachers' label spaces differ: {first!r} has {len(ref)} logits head(s) of "
+                    f"{[s[0] for s in ref]} classes, {role!r} has {len(other)} of {[s[0] for s in other]}, so their "
+                    "logits cannot be combined for KD. Fix: use teachers of the same task and labels, or distil "
+                    "several tasks with strategy 'multi_task'")
+
+    # ---- step 4: the loss --------------------------------------------------------------
+    def combined_view(self, teachers: dict[str, ModelView], roles: Optional[tuple] = None) -> ModelView:
+        """A view whose logits are the combination of the teachers' logits, per head."""
+        roles = roles or self.teacher_roles
+        heads = zip(*[teachers[r].logits for r in roles])
+        weights = self.weights if self.weights is None else [self.weights[self.teacher_roles.index(r)] for r in roles]
+        logits = [combine_logits(list(head), self.config.teacher_combination, weights) for head in heads]
+        return ModelView(logits=logits)
+
+    def forward(self, batch, student: ModelView, teachers: dict[str, ModelView], progress: float):
+        if not self.ready:
+            raise StrategyError(f"strategy {self.name!r} was not set up; the Trainer calls setup() on a probe batch "
+                                "before training")
+        cfg = self.config
+        terms: dict[str, torch.Tensor] = {}
+        total = student.logits[0].new_zeros((), dtype=torch.float32)
+
+        if cfg.kd_loss_weight > 0:
+            kd = self.kd_term(student, self.combined_view(teachers))
+            terms["kd"] = kd
+            total = total + scheduled_weight(cfg.kd_loss_weight_schedule, cfg.kd_loss_weight, progress) * kd
+
+        if cfg.hard_label_weight > 0:
+            if student.loss is None:
+                raise StrategyError("a batch without `labels` reached a run with hard_label_weight > 0")
+            hard = student.loss.mean()
+            terms["hard_label"] = hard
+            total = total + scheduled_weight(cfg.hard_label_weight_schedule, cfg.hard_label_weight, progress) * hard
+
+        for (i, match, role), proj in zip(self.pairs, self.projections):
+            loss_fn = self.match_losses[i]
+            feats_S = [proj(student.features[k]) for k in match_feature_keys(match, "student")]
+            feats_T = [teachers[role].features[k] for k in match_feature_keys(match, "teacher")]
+            if match.loss in PAIR_LOSSES:
+                value = loss_fn(feats_S, feats_T, mask=student.inputs_mask)
+            else:
+                value = loss_fn(feats_S[0], feats_T[0], mask=student.inputs_mask)
+            name = match.name() if len(self.teacher_roles) == 1 else f"{role}/{match.name()}"
+            terms[name] = terms.get(name, 0) + value
+            total = total + scheduled_weight(match.weight_schedule, match.weight, progress) * value
+
+        return total, {k: v.detach() for k, v in terms.items()}
