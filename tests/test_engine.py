@@ -243,3 +243,38 @@ def test_resume_from_incomplete_checkpoint_is_refused(tmp_path):
     partial.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         _trainer(tmp_path, _distill(), resume_from=str(partial)).train()
+
+
+def test_eval_every_steps_with_user_metric_and_best_export(tmp_path):
+    seen = []
+
+    def metric(predictions, labels):
+        seen.append(len(labels))
+        return {"error_rate": float((predictions != labels).mean())}
+
+    cfg = _training(tmp_path, max_steps=6, eval_every_steps=2, metric_for_best="error_rate", greater_is_better=False)
+    trainer = Trainer(tiny_bert(2, 32, seed=2), cfg, _distill(), ToyTask(48), teacher=tiny_bert(4, 48, seed=1),
+                      eval_data=ToyTask(20, seed=4), collate_fn=collate, metric_fn=metric)
+    result = trainer.train()
+    assert seen == [20, 20, 20, 20]  # steps 2, 4, 6 and the final evaluation; every example counted once
+    assert result["best_step"] in (2, 4, 6)
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert "error_rate" in result["eval"]
+
+
+def test_missing_labels_with_hard_label_weight(tmp_path):
+    unlabelled = [{"input_ids": e["input_ids"]} for e in ToyTask(16)]
+
+    def collate_unlabelled(examples):
+        batch = collate([{**e, "labels": 0} for e in examples])
+        batch.pop("labels")
+        return batch
+
+    trainer = Trainer(tiny_bert(2, 32), _training(tmp_path), _distill(matches=[]), unlabelled,
+                      teacher=tiny_bert(4, 48), collate_fn=collate_unlabelled)
+    with pytest.raises(StrategyError, match=r"hard_label_weight.*no `labels`.*hard_label_weight: 0"):
+        trainer.train()
+    # pure KD on unlabelled text works
+    result = Trainer(tiny_bert(2, 32), _training(tmp_path / "kd"), _distill(matches=[], hard_label_weight=0.0),
+                     unlabelled, teacher=tiny_bert(4, 48), collate_fn=collate_unlabelled).train()
+    assert set(result["history"][-1]) == {"step", "train/loss", "train/kd", "train/lr"}

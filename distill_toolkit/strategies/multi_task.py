@@ -23,7 +23,6 @@ import dataclasses
 import re
 from typing import Optional
 
-import torch
 from torch import nn
 
 from distill_toolkit.config import DistillationConfig
@@ -53,14 +52,11 @@ class MultiTask(Strategy):
             raise StrategyError("strategy 'multi_task' needs teachers. Fix: pass teacher={task: model, ...} or one "
                                 "multi-head teacher")
         serves: dict[str, Optional[str]] = {}  # role -> task (None: every task)
-        for role in roles:
-            head = role.split("/", 1)[0]
-            if "/" in role or (tasks is not None and role in tasks) or (tasks is None and not _SHARED_ROLE.fullmatch(role)):
-                serves[role] = head
-            else:
-                serves[role] = None
-        task_names = list(tasks or []) + [t for t in serves.values() if t is not None and t not in (tasks or [])]
-        shared = [r for r, t in serves.items() if t is None]
+        for role in roles:  # "task" or "task/name" serve that task; "teacher", "teacher0" ... serve every task
+            shared = "/" not in role and _SHARED_ROLE.fullmatch(role) and role not in (tasks or [])
+            serves[role] = None if shared else role.split("/", 1)[0]
+        task_names = list(tasks or []) + list(dict.fromkeys(
+            t for t in serves.values() if t is not None and t not in (tasks or [])))
         if not task_names:
             raise StrategyError("strategy 'multi_task' found no tasks: pass train_data as {task: dataset}, or name "
                                 "the teachers by task (teacher={task: model})")
@@ -87,7 +83,6 @@ class MultiTask(Strategy):
             sub = MultiTeacher(dataclasses.replace(self.config, matches=matches))
             sub.bind(list(task_roles))
             self.per_task[self._key(task)] = sub
-        del shared
 
     @staticmethod
     def _key(task: str) -> str:
@@ -141,6 +136,3 @@ def task_terms(history_row: dict, task: str) -> dict:
     prefix = f"train/{task}/"
     return {k[len(prefix):]: v for k, v in history_row.items() if k.startswith(prefix)}
 
-
-__all__ = ["MultiTask", "task_terms"]
-_ = torch  # typing only
