@@ -357,6 +357,8 @@ class TrainingConfig(_Serializable):
     wandb_mode: str = "offline"
     progress_bar: bool = True
     cpu: bool = False
+    teacher_placement: str = "replicated"  # replicated | zero3 | fsdp | cpu_offload (engine/placement.py)
+    deepspeed_config: Optional[str] = None  # a ds_configs/*.json for the student, e.g. under torchrun
 
     def validate(self, where: str = "training") -> None:
         _check(isinstance(self.output_dir, str) and self.output_dir != "", f"{where}.output_dir",
@@ -398,6 +400,10 @@ class TrainingConfig(_Serializable):
         _check(_is_int(self.seed), f"{where}.seed", "must be an integer", "set e.g. `seed: 42`")
         _check(isinstance(self.group_by_length, bool), f"{where}.group_by_length", "must be true or false",
                "set `group_by_length: true` to batch examples of similar length (less padding)")
+        # Placement name, and whether this launch (DDP / DeepSpeed / FSDP, CPU or GPU) can serve it.
+        from distill_toolkit.engine.accelerator import check_launch
+
+        check_launch(self, where)
         _check(self.task_sampler in TASK_SAMPLERS, f"{where}.task_sampler", f"unknown sampler {self.task_sampler!r}",
                f"use one of {', '.join(TASK_SAMPLERS)} (multi-task data only)")
         _check(_is_number(self.task_sampling_tau) and self.task_sampling_tau >= 0, f"{where}.task_sampling_tau",

@@ -29,6 +29,7 @@ from distill_toolkit.engine.accelerator import build_accelerator
 from distill_toolkit.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distill_toolkit.engine.export import export_student
 from distill_toolkit.engine.module import DistillationModule
+from distill_toolkit.engine.placement import build_teacher, place_teacher, prepare_student_config
 from distill_toolkit.engine.teachers import TeacherRunner, model_inputs, named_teachers
 from distill_toolkit.features import Adaptor, ModelView
 from distill_toolkit.strategies import build_strategy
@@ -117,7 +118,8 @@ class Trainer:
         self.state = TrainState()
 
         self.strategy = strategy = build_strategy(distillation)
-        given = named_teachers(teacher)
+        given = {role: build_teacher(self.accelerator, model, training.teacher_placement)
+                 for role, model in named_teachers(teacher).items()}
         if strategy.teacher_roles and not given:
             raise ValueError(f"strategy {distillation.strategy!r} needs a teacher. Fix: pass teacher=..., "
                              "or use strategy 'supervised'")
@@ -160,9 +162,10 @@ class Trainer:
         """Probe one batch through every model: checks shapes, builds projections, then prepares."""
         acc = self.accelerator
         device = acc.device
-        for runner in self.teachers.values():
-            runner.to(device)
+        for runner in self.teachers.values():  # replicated, sharded (zero3 / fsdp) or offloaded
+            runner.model = place_teacher(acc, runner.model, self.training.teacher_placement)
         self.module.student.to(device)
+        prepare_student_config(acc, self.module.student)  # DeepSpeed `auto` sizes from the student
         for probe in self.probes or [next(iter(self.train_loader))]:
             probe = _to_device(probe, device)
             with torch.no_grad():
@@ -240,6 +243,8 @@ class Trainer:
                 self.state.global_step += 1
                 step = self.state.global_step
                 logs = {f"train/{k}": v / counts[k] for k, v in sums.items()}
+                if acc.num_processes > 1:  # the loss of the global batch, not rank 0's share
+                    logs["train/loss"] = acc.reduce(torch.tensor(logs["train/loss"], device=acc.device), "mean").item()
                 logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
                 sums, counts = {}, {}
                 self.state.history.append({"step": step, **logs})

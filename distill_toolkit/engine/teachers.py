@@ -38,14 +38,15 @@ def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[s
     ``model`` -> ``{"teacher": model}``; ``[m0, m1]`` -> ``{"teacher0": m0, "teacher1": m1}``;
     ``{"big": m}`` -> ``{"big": m}``; one level of nesting for multi-task runs:
     ``{"movies": [m0, m1], "tweets": m2}`` -> ``{"movies/teacher0": m0, "movies/teacher1": m1, "tweets": m2}``.
+    A model may also be a function that builds it (see :mod:`distill_toolkit.engine.placement`).
     """
     if teacher is None:
         return {}
-    if isinstance(teacher, nn.Module):
+    if _is_model(teacher):
         return {"teacher": teacher}
 
     def flat(value, prefix: str, depth: int) -> dict:
-        if isinstance(value, nn.Module):
+        if _is_model(value):
             return {prefix: value}
         if depth > 1 or not isinstance(value, (list, tuple, dict)) or not value:
             raise TypeError(f"teacher{'' if not prefix else ' ' + repr(prefix)}: expected a model, a list of models "
@@ -59,6 +60,10 @@ def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[s
         return out
 
     return flat(teacher, "", 0)
+
+
+def _is_model(value) -> bool:
+    return isinstance(value, nn.Module) or (callable(value) and not isinstance(value, (list, tuple, dict)))
 
 
 def freeze(model: nn.Module) -> nn.Module:

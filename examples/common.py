@@ -1,0 +1,106 @@
+"""Shared parts of the strategy examples (multi-teacher, multi-task, BERT-EMD): real data, small budgets.
+
+Every example runs on the VADER sentiment corpora and all-MiniLM-L6-v2 fetched once by the data
+module, with short sequences and capped steps so that it finishes in minutes on 2 CPU cores.
+Fine-tuned teachers are cached under ``<output-dir>/teachers`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from distill_toolkit import DistillationConfig, Trainer, TrainingConfig
+from distill_toolkit.data import PaddingCollator, load_sentiment, tokenize_classification
+from distill_toolkit.engine.loop import accuracy
+from distill_toolkit.models import load_classifier, load_tokenizer
+
+MAX_LENGTH = 40
+BATCH_SIZE = 32
+TEACHER_STEPS = 150
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def sentiment(domain: str, max_length: int = MAX_LENGTH):
+    """Tokenised train/dev/test splits of one VADER domain, and the MiniLM tokenizer."""
+    tokenizer = load_tokenizer("builtin:minilm")
+    data = tokenize_classification(load_sentiment(domain), tokenizer, max_length=max_length)
+    return data, tokenizer
+
+
+def collator(tokenizer):
+    return PaddingCollator(tokenizer)
+
+
+def training(output_dir, steps: int, seed: int = 0, learning_rate: float = 1e-4, **kw) -> TrainingConfig:
+    base = dict(output_dir=str(output_dir), max_steps=steps, batch_size=BATCH_SIZE, eval_batch_size=128,
+                learning_rate=learning_rate, warmup_ratio=0.1, seed=seed, trackers=[], progress_bar=False,
+                eval_every_epochs=None, group_by_length=False)
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+def fine_tuned_teacher(root: Path, domain: str, seed: int, steps: int = TEACHER_STEPS,
+                       max_length: int = MAX_LENGTH, layers: int = 6) -> Path:
+    """MiniLM (its first ``layers`` blocks) fine-tuned on ``domain`` with seed ``seed``; cached."""
+    out = Path(root) / f"{domain}_L{layers}_seed{seed}_steps{steps}"
+    if (out / "final" / "config.json").is_file():
+        return out / "final"
+    data, tokenizer = sentiment(domain, max_length)
+    overrides = {} if layers == 6 else {"num_hidden_layers": layers}
+    model = load_classifier("builtin:minilm", attn_implementation="eager", config_overrides=overrides)
+    print(f"fine-tuning teacher {out.name} ({steps} steps)", flush=True)
+    Trainer(model, training(out, steps, seed=seed), DistillationConfig(strategy="supervised"), data["train"],
+            collate_fn=collator(tokenizer), tokenizer=tokenizer).train()
+    return out / "final"
+
+
+def load_teacher(path):
+    return load_classifier(str(path), attn_implementation="eager")
+
+
+@torch.no_grad()
+def test_accuracy(model, dataset, tokenizer, task=None, batch_size: int = 128) -> float:
+    model.eval()
+    collate = collator(tokenizer)
+    preds, golds = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        labels = batch.pop("labels")
+        logits = model(**batch, **({"task": task} if task else {})).logits
+        preds.append(logits.argmax(-1))
+        golds.append(labels)
+    return accuracy(torch.cat(preds).numpy(), torch.cat(golds).numpy())["accuracy"]
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def row(label: str, model, data, tokenizer, seconds=None) -> dict:
+    return {"model": label, "params_M": round(count_parameters(model) / 1e6, 1),
+            "dev_acc": round(test_accuracy(model, data["dev"], tokenizer), 4),
+            "test_acc": round(test_accuracy(model, data["test"], tokenizer), 4),
+            **({"train_s": round(seconds)} if seconds is not None else {})}
+
+
+def print_table(rows: list[dict], teacher_acc: float) -> None:
+    header = f"{'model':58} {'params':>7} {'dev acc':>8} {'test acc':>8} {'% teacher':>9}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        print(f"{r['model']:58} {r['params_M']:>6.1f}M {r['dev_acc']:>8.4f} {r['test_acc']:>8.4f} "
+              f"{100 * r['test_acc'] / teacher_acc:>8.1f}%")
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
