@@ -75,8 +75,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
                       eval_data=tokenized["dev"], collate_fn=PaddingCollator(tokenizer), tokenizer=tokenizer)
     result = trainer.train()
     if "test" in tokenized:
-        result["test"] = trainer.evaluate(trainer.accelerator.prepare(
-            trainer._loader(tokenized["test"], config.training.eval_batch_size, False, PaddingCollator(tokenizer))))
+        result["test"] = trainer.evaluate(tokenized["test"])
     return result
 
 

@@ -95,21 +95,26 @@ class MultiHeadClassifier(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / "model.safetensors"))
 
     @classmethod
-    def from_pretrained(cls, directory, **config_overrides) -> "MultiHeadClassifier":
+    def from_pretrained(cls, directory, attn_implementation: Optional[str] = None,
+                        **config_overrides) -> "MultiHeadClassifier":
+        """A model written by :meth:`save_pretrained`."""
         directory = Path(directory)
         heads = json.loads((directory / _HEADS_FILE).read_text())["num_labels"]
         config = AutoConfig.from_pretrained(directory, **config_overrides)
-        model = cls(AutoModel.from_config(config), heads)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = cls(AutoModel.from_config(config, **kwargs), heads)
         missing, unexpected = model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
         if unexpected or [m for m in missing if "position_ids" not in m]:
             raise RuntimeError(f"loading {directory} failed: missing {missing}, unexpected {unexpected}")
         return model
 
     @classmethod
-    def from_encoder(cls, path: str, num_labels: Mapping[str, int], **config_overrides) -> "MultiHeadClassifier":
+    def from_encoder(cls, path: str, num_labels: Mapping[str, int], attn_implementation: Optional[str] = None,
+                     **config_overrides) -> "MultiHeadClassifier":
         """Pretrained encoder weights from a local folder (or ``builtin:minilm``), fresh heads."""
         from distill_toolkit.models import resolve_model_path
 
         path = resolve_model_path(path)
         config = AutoConfig.from_pretrained(path, **config_overrides)
-        return cls(AutoModel.from_pretrained(path, config=config), num_labels)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        return cls(AutoModel.from_pretrained(path, config=config, **kwargs), num_labels)

@@ -134,6 +134,7 @@ class Trainer:
             for role in strategy.teacher_roles}
         self.probes = (probe_batches(train_data, training.batch_size, collate_fn)
                        if isinstance(train_data, dict) else None)  # one per task, for strategy.setup
+        self.collate_fn = collate_fn
         self.train_loader = self._loader(train_data, training.batch_size, shuffle=True, collate_fn=collate_fn)
         self.eval_loader = (None if eval_data is None else
                             self._loader(eval_data, training.eval_batch_size, shuffle=False, collate_fn=collate_fn))
@@ -319,9 +320,15 @@ class Trainer:
                                                                 self.tokenizer))
         return metrics
 
-    def evaluate(self, loader: Optional[DataLoader] = None) -> dict:
-        """Metrics of the student on ``loader`` (default: the eval data), gathered across ranks."""
+    def evaluate(self, loader: Union[Dataset, DataLoader, dict, None] = None) -> dict:
+        """Metrics of the student on ``loader`` (default: the eval data), gathered across ranks.
+
+        ``loader`` may also be a ``Dataset`` (batched with the trainer's ``collate_fn``).
+        """
         loader = loader or self.eval_loader
+        if loader is not None and not isinstance(loader, (DataLoader, dict)):
+            loader = self.accelerator.prepare(self._loader(loader, self.training.eval_batch_size, shuffle=False,
+                                                           collate_fn=self.collate_fn))
         if isinstance(loader, dict):  # multi-task: each task's metrics, then their mean over tasks
             per_task = {task: self.evaluate(task_loader) for task, task_loader in loader.items()}
             names = next(iter(per_task.values()))
