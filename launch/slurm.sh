@@ -17,7 +17,8 @@ LAUNCH_FILE=${2:-launch/multi_node.yaml}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MAIN_PORT=${MAIN_PORT:-29500}
 NNODES=${SLURM_NNODES:?not inside a SLURM allocation}
-MAIN_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+MAIN_ADDR=${NODES[0]}  # the first node hosts rank 0
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 
 # One task per node; each task knows its node rank as SLURM_NODEID. A failed node ends the job.

@@ -152,10 +152,13 @@ class Trainer:
         if isinstance(data, dict):  # multi-task evaluation: one loader per task
             return {task: DataLoader(d, batch_size=batch_size, collate_fn=TaskCollator(collate_fn, task))
                     for task, d in data.items()}
+        # A loader without its own generator draws its worker seed from the global RNG at every
+        # iter(); that would shift dropout masks after a resume, so every loader gets one.
+        generator = torch.Generator().manual_seed(self.training.seed)
         if shuffle and self.training.group_by_length:
             sampler = LengthGroupedSampler(_lengths(data), batch_size, seed=self.training.seed)
-            return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
-        generator = torch.Generator().manual_seed(self.training.seed)
+            return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                              generator=generator)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn, generator=generator)
 
     # ------------------------------------------------------------------------------------

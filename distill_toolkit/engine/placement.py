@@ -115,7 +115,7 @@ def place_teacher(accelerator: Accelerator, model: nn.Module, placement: str) ->
 def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
     import torch.distributed as dist
 
-    if not dist.is_available() or not dist.is_initialized():
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return model.to(device)  # one process: nothing to shard across
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -165,20 +165,25 @@ def parameter_shards(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def held_parameter_bytes(model: nn.Module) -> int:
-    """Bytes of parameter storage this rank holds for ``model`` right now: shards, plus any
-    layer gathered for a forward (each storage counted once)."""
-    if hasattr(model, "module") and isinstance(model.module, nn.Module):
+    """Bytes of parameter storage this rank holds for ``model`` right now: its shards plus any
+    layer gathered for a forward (each storage counted once, whatever views share it)."""
+    if hasattr(model, "module") and isinstance(model.module, nn.Module):  # a DeepSpeed engine
         model = model.module
-    seen = {}
+    tensors = []
     for param in model.parameters():
-        tensors = [param]
-        if hasattr(param, "ds_tensor"):
-            tensors = [param.ds_tensor, param.data]
-        elif hasattr(param, "to_local"):
-            tensors = [param.to_local()]
-        for t in tensors:
-            if t.device.type == "meta" or t.numel() == 0:
-                continue
-            storage = t.untyped_storage()
-            seen[(t.device, storage.data_ptr())] = storage.nbytes()
+        if hasattr(param, "ds_tensor"):  # ZeRO-3: the shard, and the full tensor while gathered
+            tensors += [param.ds_tensor, param.data]
+        else:
+            tensors.append(param.to_local() if hasattr(param, "to_local") else param)
+    for module in model.modules():  # FSDP2: shards stay held while a layer is gathered
+        group = getattr(module, "_get_fsdp_state", lambda: None)()
+        group = getattr(group, "_fsdp_param_group", None)
+        for fsdp_param in getattr(group, "fsdp_params", []):
+            tensors.append(fsdp_param._sharded_param_data)
+    seen = {}
+    for t in tensors:
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        storage = t.untyped_storage()
+        seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
     return sum(seen.values())
