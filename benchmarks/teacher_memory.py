@@ -1,6 +1,6 @@
 """Peak per-rank bytes held by a teacher's parameters: replicated vs ZeRO-3 vs FSDP2, at world size 1 and 2.
 
-    python benchmarks/teacher_memory.py [--hidden 256] [--layers 8] [--vocab 8000] [--world-sizes 1 2]
+    python benchmarks/teacher_memory.py [--hidden 256] [--layers 24] [--vocab 2000] [--world-sizes 1 2]
 
 For each world size and placement it launches ``torchrun --nproc_per_node N`` (gloo on
 127.0.0.1 on CPUs, so it runs anywhere; NCCL is picked on GPUs), builds a BERT teacher from
@@ -60,8 +60,9 @@ def _worker(args) -> None:
     hooks = [m.register_forward_pre_hook(lambda *_: peak.append(held_parameter_bytes(placed_model)))
              for m in inner.modules()]
     ids = torch.randint(0, args.vocab, (4, 32), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        placed_model(input_ids=ids.to(accelerator.device))
+    with torch.inference_mode():  # the second and third forwards run on ZeRO-3's recorded trace (prefetch)
+        for _ in range(3):
+            placed_model(input_ids=ids.to(accelerator.device))
     peak.append(held_parameter_bytes(placed_model))
     for h in hooks:
         h.remove()
@@ -94,8 +95,8 @@ def _launch(placement: str, world: int, args, scratch: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--timeout", type=int, default=600)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -121,16 +122,17 @@ def main() -> None:
     print(f"teacher: BERT hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: "
           f"{figures['teacher_params_bytes'] / mib:.1f} MiB of fp32 parameters\n")
     print(f"{'world':>5}  {'placement':<11}{'launch':<11}{'build MiB':>10}{'placed MiB':>11}{'forward MiB':>12}"
-          f"{'forward / replicated':>22}")
+          f"{'placed / repl.':>16}{'forward / repl.':>17}")
     for (world, placement), row in rows.items():
         base = rows[(world, "replicated")]
-        ratio = row["forward"] / base["forward"]
+        ratio, placed = row["forward"] / base["forward"], row["placed"] / base["placed"]
         print(f"{world:>5}  {placement:<11}{row['type']:<11}{row['build'] / mib:>10.2f}{row['placed'] / mib:>11.2f}"
-              f"{row['forward'] / mib:>12.2f}{ratio:>22.3f}")
+              f"{row['forward'] / mib:>12.2f}{placed:>16.3f}{ratio:>17.3f}")
         key = f"{placement}_ws{world}"
         figures.update({f"{key}_{k}_bytes": row[k] for k in ("build", "placed", "forward")})
         if placement != "replicated":
             figures[f"{key}_forward_ratio"] = round(ratio, 4)
+            figures[f"{key}_placed_ratio"] = round(placed, 4)
             figures[f"{key}_build_ratio"] = round(row["build"] / base["build"], 4)
     print(json.dumps(figures))
 

@@ -47,6 +47,7 @@ class ModelView:
     inputs_mask: Optional[torch.Tensor] = None  # attention mask of the inputs (B, L)
     features: dict = field(default_factory=dict)  # feature key -> tensor
     raw: Any = None  # the model's untouched output
+    model: Any = None  # the model that produced it (e.g. for its output head)
     task: Optional[str] = None  # the batch's task name (multi-task data), else None
 
 
@@ -99,6 +100,12 @@ def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
                                + (f"; similar names: {close}" if close else "")
                                + ". Use a name from model.named_modules()")
         return modules[arg], "post"
+    if kind == "head_input":  # the final hidden states: the base model's output, which feeds the head
+        base = getattr(model, "base_model", model)
+        if base is model or getattr(model, "get_output_embeddings", lambda: None)() is None:
+            raise FeatureError(f"{type(model).__name__} has no base model + output head; 'head_input' needs a "
+                               "Hugging Face model with a language-model head")
+        return base, "post"
     if kind not in ("hidden", "attention"):
         raise FeatureError(f"unknown feature kind {kind!r} in {key!r}; use hidden:<i>, attention:<i> or module:<name>")
     try:
@@ -172,7 +179,8 @@ class FeatureCapture:
                                        "model with attn_implementation='eager'")
                 self.store[key] = weights
             else:
-                self.store[key] = output[0] if isinstance(output, (tuple, list)) else output
+                first = isinstance(output, (tuple, list)) or hasattr(output, "to_tuple")  # HF ModelOutput
+                self.store[key] = output[0] if first else output
         return hook
 
     def collect(self) -> dict[str, torch.Tensor]:

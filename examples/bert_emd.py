@@ -182,7 +182,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="outputs/examples")
-    parser.add_argument("--steps", type=int, default=150, help="distillation steps per student")
+    parser.add_argument("--steps", type=int, default=100, help="distillation steps per student")
     parser.add_argument("--teacher-steps", type=int, default=common.TEACHER_STEPS)
     parser.add_argument("--max-length", type=int, default=common.MAX_LENGTH)
     args = parser.parse_args()
@@ -205,17 +205,17 @@ def main() -> None:
     rows = [common.row("teacher: MiniLM-L6, fine-tuned", teacher, data, tokenizer)]
     flows = {}
     for label, distill in runs.items():
-        student = student_from_teacher(teacher, [1, 3, 5])
+        student = common.freeze_word_embeddings(student_from_teacher(teacher, [1, 3, 5]))
         run_dir = out / "bert_emd" / distill.strategy
         trainer = Trainer(student, common.training(run_dir, args.steps), distill, data["train"],
-                          teacher=teacher, eval_data=data["dev"], collate_fn=common.collator(tokenizer),
-                          tokenizer=tokenizer)
-        trainer.train()
+                          teacher=teacher, collate_fn=common.collator(tokenizer), tokenizer=tokenizer)
+        with common.Timer() as timer:
+            trainer.train()
         if distill.strategy == "bert_emd":
             flows = {k: v.round(3).tolist() for k, v in trainer.strategy.last_flows.items()}
             flows["hidden_weights_S"] = trainer.strategy.hidden_weights_S.round(decimals=3).tolist()
             flows["hidden_weights_T"] = trainer.strategy.hidden_weights_T.round(decimals=3).tolist()
-        rows.append(common.row(f"student 3 blocks, {label}", student, data, tokenizer))
+        rows.append(common.row(f"student 3 blocks, {label}", student, data, tokenizer, timer.seconds))
     common.print_table(rows, teacher_acc=rows[0]["test_acc"])
     print("last EMD flows (rows: student blocks 1-3, columns: teacher blocks 1-6):")
     for kind in ("hidden", "attention"):

@@ -2,7 +2,9 @@
 
 Every example runs on the VADER sentiment corpora and all-MiniLM-L6-v2 fetched once by the data
 module, with short sequences and capped steps so that it finishes in minutes on 2 CPU cores.
-Fine-tuned teachers are cached under ``<output-dir>/teachers`` and reused by later runs.
+Fine-tuned teachers are cached under ``<output-dir>/teachers`` and reused by later runs. To save
+optimiser time on CPUs, the word-embedding matrix (half of MiniLM's 22.7M parameters) is frozen
+in every model trained here.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from distill_toolkit.data import PaddingCollator, load_sentiment, tokenize_class
 from distill_toolkit.engine.loop import accuracy
 from distill_toolkit.models import load_classifier, load_tokenizer
 
-MAX_LENGTH = 40
-BATCH_SIZE = 32
-TEACHER_STEPS = 150
+MAX_LENGTH = 32
+BATCH_SIZE = 16
+TEACHER_STEPS = 120
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -48,16 +50,23 @@ def training(output_dir, steps: int, seed: int = 0, learning_rate: float = 1e-4,
 def fine_tuned_teacher(root: Path, domain: str, seed: int, steps: int = TEACHER_STEPS,
                        max_length: int = MAX_LENGTH, layers: int = 6) -> Path:
     """MiniLM (its first ``layers`` blocks) fine-tuned on ``domain`` with seed ``seed``; cached."""
-    out = Path(root) / f"{domain}_L{layers}_seed{seed}_steps{steps}"
+    out = Path(root) / f"{domain}_L{layers}_seed{seed}_steps{steps}_len{max_length}_bs{BATCH_SIZE}"
     if (out / "final" / "config.json").is_file():
         return out / "final"
     data, tokenizer = sentiment(domain, max_length)
     overrides = {} if layers == 6 else {"num_hidden_layers": layers}
     model = load_classifier("builtin:minilm", attn_implementation="eager", config_overrides=overrides)
     print(f"fine-tuning teacher {out.name} ({steps} steps)", flush=True)
+    freeze_word_embeddings(model)
     Trainer(model, training(out, steps, seed=seed), DistillationConfig(strategy="supervised"), data["train"],
             collate_fn=collator(tokenizer), tokenizer=tokenizer).train()
     return out / "final"
+
+
+def freeze_word_embeddings(model):
+    """Freeze the input word embeddings (11.7M of MiniLM's parameters): far cheaper steps on CPUs."""
+    model.get_input_embeddings().weight.requires_grad_(False)
+    return model
 
 
 def load_teacher(path):
@@ -84,17 +93,16 @@ def count_parameters(model) -> int:
 
 def row(label: str, model, data, tokenizer, seconds=None) -> dict:
     return {"model": label, "params_M": round(count_parameters(model) / 1e6, 1),
-            "dev_acc": round(test_accuracy(model, data["dev"], tokenizer), 4),
             "test_acc": round(test_accuracy(model, data["test"], tokenizer), 4),
             **({"train_s": round(seconds)} if seconds is not None else {})}
 
 
 def print_table(rows: list[dict], teacher_acc: float) -> None:
-    header = f"{'model':58} {'params':>7} {'dev acc':>8} {'test acc':>8} {'% teacher':>9}"
+    header = f"{'model':52} {'params':>7} {'test acc':>8} {'% teacher':>9} {'train s':>7}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['model']:58} {r['params_M']:>6.1f}M {r['dev_acc']:>8.4f} {r['test_acc']:>8.4f} "
-              f"{100 * r['test_acc'] / teacher_acc:>8.1f}%")
+        print(f"{r['model']:52} {r['params_M']:>6.1f}M {r['test_acc']:>8.4f} "
+              f"{100 * r['test_acc'] / teacher_acc:>8.1f}% {r.get('train_s', ''):>7}")
 
 
 class Timer:

@@ -35,7 +35,8 @@ def three_block_student(num_labels: dict) -> MultiHeadClassifier:
     """MiniLM's blocks 1, 3, 5 (embeddings copied) under fresh heads."""
     torch.manual_seed(0)
     full = MultiHeadClassifier.from_encoder("builtin:minilm", num_labels, attn_implementation="eager")
-    return MultiHeadClassifier(student_from_teacher(full.encoder, [1, 3, 5]), num_labels)
+    return common.freeze_word_embeddings(MultiHeadClassifier(student_from_teacher(full.encoder, [1, 3, 5]),
+                                                             num_labels))
 
 
 def per_task_row(label: str, model, data, tokenizer, seconds=None) -> dict:
@@ -47,8 +48,8 @@ def per_task_row(label: str, model, data, tokenizer, seconds=None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default="outputs/examples")
-    parser.add_argument("--steps", type=int, default=200, help="multi-task steps of each student")
-    parser.add_argument("--teacher-steps", type=int, default=300, help="multi-task steps of the teacher")
+    parser.add_argument("--steps", type=int, default=150, help="multi-task steps of each student")
+    parser.add_argument("--teacher-steps", type=int, default=200, help="multi-task steps of the teacher")
     parser.add_argument("--max-length", type=int, default=common.MAX_LENGTH)
     args = parser.parse_args()
     assert set(DOMAINS) <= set(SENTIMENT_DOMAINS)
@@ -56,19 +57,19 @@ def main() -> None:
     data = {d: common.sentiment(d, args.max_length)[0] for d in DOMAINS}
     tokenizer = common.sentiment("movies", args.max_length)[1]
     train = {d: data[d]["train"] for d in DOMAINS}
-    dev = {d: data[d]["dev"] for d in DOMAINS}
     heads = {d: 2 for d in DOMAINS}
     collate = common.collator(tokenizer)
 
-    teacher_dir = out / "teachers" / f"multi_head_steps{args.teacher_steps}"
+    teacher_dir = out / "teachers" / f"multi_head_steps{args.teacher_steps}_len{args.max_length}_bs{common.BATCH_SIZE}"
     if (teacher_dir / "final" / "heads.json").is_file():
         teacher = MultiHeadClassifier.from_pretrained(teacher_dir / "final", attn_implementation="eager")
     else:
         torch.manual_seed(0)
-        teacher = MultiHeadClassifier.from_encoder("builtin:minilm", heads, attn_implementation="eager")
+        teacher = common.freeze_word_embeddings(
+            MultiHeadClassifier.from_encoder("builtin:minilm", heads, attn_implementation="eager"))
         print(f"fine-tuning the multi-head teacher ({args.teacher_steps} steps)", flush=True)
         Trainer(teacher, common.training(teacher_dir, args.teacher_steps), DistillationConfig(strategy="supervised"),
-                train, eval_data=dev, collate_fn=collate, tokenizer=tokenizer).train()
+                train, collate_fn=collate, tokenizer=tokenizer).train()
     rows = [per_task_row("teacher: MiniLM-L6, 4 heads", teacher, data, tokenizer)]
 
     kd = DistillationConfig(strategy="multi_task", temperature=2.0, hard_label_weight=0.5,
@@ -80,7 +81,7 @@ def main() -> None:
         student = three_block_student(heads)
         with common.Timer() as timer:
             result = Trainer(student, common.training(out / "multi_task" / distill.strategy, args.steps), distill,
-                             train, teacher=t, eval_data=dev, collate_fn=collate, tokenizer=tokenizer).train()
+                             train, teacher=t, collate_fn=collate, tokenizer=tokenizer).train()
         history[distill.strategy] = result["history"][-1]
         rows.append(per_task_row(label, student, data, tokenizer, timer.seconds))
 

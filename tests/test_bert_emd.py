@@ -89,3 +89,18 @@ def test_bert_emd_trains_on_the_one_loop(tmp_path):
 def test_bert_emd_needs_its_layer_counts():
     with pytest.raises(StrategyError, match=r"strategy_options \['teacher_layers'\]"):
         bert_emd.BertEMD(DistillationConfig(strategy="bert_emd", strategy_options={"student_layers": 2}))
+
+
+def test_the_custom_strategy_of_the_docs_runs(tmp_path):
+    """docs/strategies.md's worked example, run as written on tiny models."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "strategies.md").read_text()
+    code = re.search(r"## A custom strategy, worked.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace('TrainingConfig(output_dir="out")', f'TrainingConfig(output_dir={str(tmp_path)!r}, max_steps=2, '
+                        'batch_size=8, trackers=[], progress_bar=False, eval_every_epochs=None)')
+    code = code.replace('@register_strategy("cls_cosine")', '@register_strategy("cls_cosine", overwrite=True)')
+    scope = {"student": tiny_bert(3, 32, seed=2), "teacher": tiny_bert(6, 48, seed=1), "train_data": ToyTask(16),
+             "collator": collate}
+    exec(compile(code, "docs/strategies.md", "exec"), scope)
+    assert "cls_cosine" in available_strategies()

@@ -205,3 +205,51 @@ def test_student_without_a_head_for_a_task_fails_before_training(tmp_path):
                       _data(), teacher={"a": tiny_bert(2, 32), "b": tiny_bert(2, 32)}, collate_fn=collate)
     with pytest.raises(TaskError, match=r"no head for task 'b'; the model's tasks are \['a'\]"):
         trainer.train()
+
+
+def test_multi_task_resume_replays_the_same_tasks(tmp_path):
+    """Stop after a checkpoint at step 4 (mid-epoch), resume: same tasks and weights as one unbroken run."""
+    from safetensors.torch import load_file
+
+    from distill_toolkit import Callback
+
+    class StopAt4(Callback):
+        def on_step_end(self, trainer, step, logs):
+            trainer.should_stop = step == 4
+
+    def run(out, resume=None, callbacks=None):
+        teachers = {"a": tiny_multi_head({"a": 2}, 3, 48, seed=1), "b": tiny_multi_head({"b": 3}, 3, 48, seed=3)}
+        cfg = _training(out, max_steps=10, save_every_steps=4, resume_from=resume, batch_size=4)
+        return Trainer(tiny_multi_head({"a": 2, "b": 3}, seed=2), cfg, DistillationConfig(strategy="multi_task"),
+                       _data(), teacher=teachers, collate_fn=collate, callbacks=callbacks).train()
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "split", callbacks=[StopAt4()])
+    resumed = run(tmp_path / "split", resume="latest")
+    tasks = [[k.split("/")[1] for k in row if k.endswith("/kd")] for row in whole["history"]]
+    assert tasks[4:] == [[k.split("/")[1] for k in row if k.endswith("/kd")] for row in resumed["history"][4:]]
+    a = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_ddp_ranks_draw_the_same_task_at_every_step(tmp_path):
+    """2 real processes (gloo, accelerate launch --config_file launch/ddp.yaml): same task on both ranks."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from test_distributed import LAUNCH, free_port, ok, run_job
+
+    worker = Path(__file__).parent / "scripts" / "multi_task_ddp.py"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH / "ddp.yaml"),
+           "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+           str(worker), str(tmp_path)]
+    ok(run_job(cmd, env={"ACCELERATE_USE_CPU": "1"}))
+    ranks = [json.loads((tmp_path / f"tasks_rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert len(ranks[0]["steps"]) == 8 and ranks[0]["steps"] == ranks[1]["steps"]
+    assert all(len(tasks) == 1 for tasks in ranks[0]["steps"])  # one task per step
+    assert len({t for tasks in ranks[0]["steps"] for t in tasks}) > 1  # and the tasks vary

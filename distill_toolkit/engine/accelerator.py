@@ -139,8 +139,12 @@ def _deepspeed_plugins(training: TrainingConfig) -> dict:
         plugins["teacher"] = DeepSpeedPlugin(hf_ds_config={
             "train_micro_batch_size_per_gpu": training.batch_size,
             "gradient_accumulation_steps": 1,
+            # Inference only: release every layer after its forward and bound what prefetching may
+            # hold ("auto" = about two layers, set by placement.py), or from the third forward on
+            # ZeRO-3 prefetches the whole teacher and it grows back to full size on every rank.
             "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": "auto",
-                                  "stage3_prefetch_bucket_size": "auto", "reduce_bucket_size": "auto"},
+                                  "stage3_prefetch_bucket_size": "auto", "reduce_bucket_size": "auto",
+                                  "stage3_max_live_parameters": "auto", "stage3_max_reuse_distance": 0},
         })
     return plugins
 

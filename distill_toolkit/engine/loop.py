@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, DistributedDataParallelKwargs, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -130,7 +130,7 @@ class Trainer:
         adaptors = teacher_adaptor if isinstance(teacher_adaptor, dict) else {}
         self.teachers: dict[str, TeacherRunner] = {
             role: TeacherRunner(given[role], role, strategy.feature_keys()[role], distillation.task,
-                                adaptors.get(role, None if adaptors else teacher_adaptor))
+                                adaptors.get(role, None if adaptors else teacher_adaptor), strategy)
             for role in strategy.teacher_roles}
         self.probes = (probe_batches(train_data, training.batch_size, collate_fn)
                        if isinstance(train_data, dict) else None)  # one per task, for strategy.setup
@@ -187,6 +187,9 @@ class Trainer:
         batches_per_epoch = len(self.train_loader)
         steps_per_epoch = math.ceil(batches_per_epoch / acc.num_processes / t.gradient_accumulation_steps)
         self.total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
+        if self.probes is not None and getattr(acc, "ddp_handler", None) is None:
+            # Multi-task: each step uses one task's head and projections; DDP must not wait for the others'.
+            acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.module, self.optimizer, self.train_loader = acc.prepare(self.module, optimizer, self.train_loader)
         if isinstance(self.eval_loader, dict):
             self.eval_loader = {task: acc.prepare(loader) for task, loader in self.eval_loader.items()}
@@ -216,6 +219,10 @@ class Trainer:
         clip_params = [p for p in self.module.parameters() if p.requires_grad]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        # Strategies whose loss is a sum over items (tokens) are normalised by the items of the
+        # whole accumulation window on all ranks, so uneven micro-batches equal one big batch.
+        per_item = hasattr(self.strategy, "loss_items")
+        window_items = 0
         start = time.perf_counter()
 
         while self.state.global_step < self.total_steps and not self.should_stop:
@@ -233,6 +240,13 @@ class Trainer:
                     loss, terms, _ = self.module(batch, teachers, progress)
                     self._check_finite(loss, terms)
                     acc.backward(loss)
+                    if per_item:
+                        items = self.strategy.loss_items(batch)
+                        window_items += items
+                        loss = loss.detach() / max(items, 1)  # logged as a per-item mean
+                    if acc.sync_gradients and per_item:
+                        self._normalise_gradients(window_items)
+                        window_items = 0
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(clip_params, t.max_grad_norm)
                     self.optimizer.step()
@@ -289,6 +303,24 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------
+    def _normalise_gradients(self, window_items: int) -> None:
+        """Turn summed-loss gradients into the mean over every item of the window on every rank.
+
+        Accelerate divided each micro-batch's loss by the accumulation steps and DDP averaged over
+        ranks, so the gradients are rescaled by ``steps * ranks / total items``.
+        """
+        acc = self.accelerator
+        total = torch.tensor(float(window_items), device=acc.device)
+        if acc.num_processes > 1:
+            total = acc.reduce(total, "sum")
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            raise NotImplementedError("per-token loss normalisation is not available under DeepSpeed; use DDP or "
+                                      "FSDP for this strategy")
+        factor = acc.gradient_accumulation_steps * acc.num_processes / max(float(total), 1.0)
+        for param in self.module.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+
     def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
         bad = not bool(torch.isfinite(loss.detach()))
         if self.accelerator.num_processes > 1:  # every rank must stop together, or the others hang

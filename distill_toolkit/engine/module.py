@@ -12,7 +12,7 @@ from typing import Optional
 from torch import nn
 
 from distill_toolkit.data.tasks import accepts_task, batch_task
-from distill_toolkit.engine.teachers import model_inputs
+from distill_toolkit.engine.teachers import forward_inputs, model_inputs
 from distill_toolkit.features import Adaptor, FeatureCapture, detect_task, view_from_adaptor, view_outputs
 from distill_toolkit.strategies.base import Strategy
 
@@ -34,7 +34,7 @@ class DistillationModule(nn.Module):
         self.takes_task = accepts_task(student)  # multi-head students get the batch's task
 
     def student_view(self, batch):
-        inputs = model_inputs(batch, "student")
+        inputs = forward_inputs(model_inputs(batch, "student"), self.strategy, "student")
         task = batch_task(batch)
         if self.takes_task and task is not None:
             inputs = {**inputs, "task": task}
@@ -47,6 +47,7 @@ class DistillationModule(nn.Module):
                 else view_outputs(outputs, inputs, self.task))
         view.features.update(self.capture.collect())
         view.task = task
+        view.model = self.student
         return view
 
     def forward(self, batch, teachers, progress: float):

@@ -122,8 +122,15 @@ def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     model.to(device)
-    for block in _blocks(model):
-        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    units = _blocks(model)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inside_units = {id(m) for unit in units for m in unit.modules()}
+    tied = output is not None and getattr(output, "weight", None) is getattr(embeddings, "weight", None)
+    if isinstance(embeddings, nn.Module) and id(embeddings) not in inside_units and not tied:
+        units.append(embeddings)  # its own unit, so the largest matrix is not gathered for the whole forward
+    for unit in units:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
     return model
 
@@ -136,7 +143,11 @@ def _zero3_engine(accelerator: Accelerator, model: nn.Module) -> nn.Module:
         raise ValueError("training.teacher_placement: zero3 needs the teacher's DeepSpeed plugin, which "
                          "build_accelerator creates for a DeepSpeed launch. Fix: launch with launch/zero2.yaml or "
                          "launch/zero3.yaml, or use teacher_placement: fsdp")
-    fill_deepspeed_auto(plugin, model)
+    hidden = _hidden_size(model) or 1024  # these sizes tune speed and peak memory; any value works
+    zero = plugin.deepspeed_config["zero_optimization"]
+    sizes = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+             "stage3_param_persistence_threshold": 10 * hidden, "stage3_max_live_parameters": 24 * hidden * hidden}
+    zero.update({k: v for k, v in sizes.items() if zero.get(k) == "auto"})
     engine, *_ = deepspeed.initialize(model=model, config=plugin.deepspeed_config)
     engine.module.eval()
     return engine

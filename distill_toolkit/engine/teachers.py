@@ -66,6 +66,19 @@ def _is_model(value) -> bool:
     return isinstance(value, nn.Module) or (callable(value) and not isinstance(value, (list, tuple, dict)))
 
 
+def forward_inputs(inputs: dict, strategy, role: str) -> dict:
+    """``inputs`` adjusted by the strategy's ``forward_overrides(role)`` (``None`` removes a key).
+
+    E.g. a causal-LM strategy that computes its losses from the final hidden states asks for
+    ``{"labels": None, "logits_to_keep": 1}`` so the model never builds full-vocabulary logits.
+    """
+    overrides = strategy.forward_overrides(role) if hasattr(strategy, "forward_overrides") else None
+    if not overrides:
+        return inputs
+    merged = {**inputs, **overrides}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -77,8 +90,9 @@ class TeacherRunner:
     """Runs one frozen teacher and returns its :class:`ModelView` (logits + captured features)."""
 
     def __init__(self, model: nn.Module, role: str, feature_keys: list[str], task: str = "auto",
-                 adaptor: Optional[Adaptor] = None):
+                 adaptor: Optional[Adaptor] = None, strategy=None):
         self.model = freeze(model)
+        self.strategy = strategy
         self.role = role
         self.adaptor = adaptor
         self.task = detect_task(model) if task == "auto" else task
@@ -91,7 +105,7 @@ class TeacherRunner:
         return self
 
     def __call__(self, batch: dict) -> ModelView:
-        inputs = model_inputs(batch, self.role)
+        inputs = forward_inputs(model_inputs(batch, self.role), self.strategy, self.role)
         task = batch_task(batch)
         if self.takes_task and task is not None:
             inputs = {**inputs, "task": task}
@@ -110,4 +124,5 @@ class TeacherRunner:
         view.features = {k: v.clone() for k, v in view.features.items()}
         view.loss = None
         view.task = task
+        view.model = self.model
         return view

@@ -13,6 +13,8 @@ from distill_toolkit.strategies import single as _single  # noqa: F401  (registe
 from distill_toolkit.strategies import supervised as _supervised  # noqa: F401  (registers "supervised")
 from distill_toolkit.strategies import multi_teacher as _multi_teacher  # noqa: F401  (registers "multi_teacher")
 from distill_toolkit.strategies import multi_task as _multi_task  # noqa: F401  (registers "multi_task")
+from distill_toolkit.strategies import causal_lm as _causal_lm  # noqa: F401  (registers "causal_lm")
+from distill_toolkit.strategies.causal_lm import CausalLMDistillation
 from distill_toolkit.strategies.multi_task import MultiTask
 from distill_toolkit.strategies.multi_teacher import MultiTeacher, combine_logits
 from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys
@@ -21,5 +23,5 @@ from distill_toolkit.strategies.supervised import Supervised
 __all__ = [
     "Strategy", "StrategyError", "UnknownStrategyError", "available_strategies", "build_strategy", "get",
     "register_strategy", "SingleTeacher", "Supervised", "match_feature_keys", "MultiTeacher", "MultiTask",
-    "combine_logits",
+    "combine_logits", "CausalLMDistillation",
 ]
