@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_cli import _write_config, workspace  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "scripts" / "dist_train.py"
@@ -299,6 +300,24 @@ def test_fsdp_teacher_is_sharded_under_ddp(single, tmp_path):
         assert f["teacher_type"].startswith("FSDP") and not f["teacher_requires_grad"]
         assert_halves(f["teacher_shards"], min_sharded=40)
     assert_same_weights(weights(single), weights(tmp_path))  # sharding the teacher changes nothing learnt
+
+
+# ---- the CLI under accelerate launch ------------------------------------------------------
+
+@pytest.mark.distributed
+def test_cli_runs_unchanged_under_accelerate_launch(workspace):
+    """`accelerate launch --config_file launch/ddp.yaml -m distill_toolkit.cli train CONFIG.yaml`."""
+    config = _write_config(workspace, teacher={"path": str(workspace / "teacher")},
+                           student={"init_from": "teacher", "layers": [1, 3]},
+                           distillation={"temperature": 2, "hard_label_weight": 0.5})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH / "ddp.yaml"),
+           "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+           "-m", "distill_toolkit.cli", "train", str(config), "--set", "training.teacher_placement=fsdp"]
+    job = ok(run_job(cmd, env={"ACCELERATE_USE_CPU": "1"}))
+    summary = json.loads((workspace / "out" / "result.json").read_text())
+    assert summary["global_step"] == 6  # 6 optimiser steps of 2 ranks x 16 examples
+    assert (workspace / "out" / "final" / "model.safetensors").is_file()
+    assert job.output.count("resumed from") == 0
 
 
 # ---- failures -----------------------------------------------------------------------------

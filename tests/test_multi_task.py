@@ -135,8 +135,8 @@ def test_loss_per_task_equals_hand_computation():
             h = [tb.hid_mse_loss(sub.projections[i](out_S.hidden_states[1]), out_T[i].hidden_states[2], mask)
                  for i in range(2)]
             expected = kd + 0.5 * out_S.loss + h[0] + h[1]
-            assert set(terms) == {"a/kd", "a/hard_label", "a/a/teacher0/hidden_mse/S1-T2",
-                                  "a/a/teacher1/hidden_mse/S1-T2"}
+            assert set(terms) == {"a/kd", "a/hard_label", "a/teacher0/hidden_mse/S1-T2",
+                                  "a/teacher1/hidden_mse/S1-T2"}
         else:
             out_T = teachers["b"](**plain, task="b", output_hidden_states=True)
             kd = tb.kd_ce_loss(out_S.logits, out_T.logits, 2.0)
@@ -164,6 +164,18 @@ def test_trainer_logs_per_task_terms_and_evaluates_per_task(tmp_path):
     # the export reloads with its heads
     reloaded = MultiHeadClassifier.from_pretrained(result["export_dir"])
     assert reloaded.tasks == ["a", "b"]
+
+
+def test_several_teachers_for_one_task_through_the_trainer(tmp_path):
+    teachers = {"a": [tiny_multi_head({"a": 2}, 3, 48, seed=1), tiny_bert(2, 64, seed=5)],  # any architecture
+                "b": tiny_multi_head({"b": 3}, 3, 48, seed=3)}
+    distill = DistillationConfig(strategy="multi_task", teacher_combination="confidence", matches=[
+        Match(teacher_layer=2, student_layer=2, projection="linear")])
+    result = Trainer(tiny_multi_head({"a": 2, "b": 3}, seed=2), _training(tmp_path, max_steps=4,
+                     task_sampler="round_robin"), distill, _data(), teacher=teachers, collate_fn=collate).train()
+    logged = set().union(*result["history"])
+    assert {"train/a/kd", "train/a/teacher0/hidden_mse/S2-T2", "train/a/teacher1/hidden_mse/S2-T2",
+            "train/b/kd", "train/b/hidden_mse/S2-T2"} <= logged
 
 
 def test_one_multi_head_teacher_serves_every_task(tmp_path):

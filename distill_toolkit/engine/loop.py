@@ -298,8 +298,8 @@ class Trainer:
                 {k: v for k, v in result.items() if k != "history"}, indent=2))
         for cb in self.callbacks:
             cb.on_train_end(self, result)
-        if t.trackers:
-            acc.end_training()
+        for tracker in acc.trackers:  # not acc.end_training(): it destroys the process group, and
+            tracker.finish()           # evaluate()/export may still gather across ranks after train()
         return result
 
     # ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Teachers (``Trainer(teacher=...)``), by role:
 
 For a batch of task ``t`` the loss is the ``multi_teacher`` loss with ``t``'s teachers and the
 matches whose ``task`` is ``t`` or unset; its terms are logged as ``t/kd``, ``t/hard_label``,
-``t/<match name>`` (``t/<role>/<match name>`` with several teachers). Steps of other tasks
+``t/<match name>`` (``t/teacher0/<match name>`` ... with several teachers). Steps of other tasks
 do not log ``t``'s terms, so each task's curve averages only its own batches.
 """
 
@@ -128,7 +128,8 @@ class MultiTask(Strategy):
             raise StrategyError(f"task {task!r} was not set up: the Trainer probes one batch per task when "
                                 "train_data is a {task: dataset} dict. Fix: pass the data that way")
         loss, terms = sub(batch, student, {r: teachers[r] for r in self.task_roles[task]}, progress)
-        return loss, {f"{task}/{name}": value for name, value in terms.items()}
+        own = f"{task}/"  # a role "movies/teacher0" is logged as "movies/teacher0/...", not "movies/movies/..."
+        return loss, {own + name.removeprefix(own): value for name, value in terms.items()}
 
 
 def task_terms(history_row: dict, task: str) -> dict:
