@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
@@ -74,3 +74,35 @@ def student_from_teacher(teacher: nn.Module, layers: list[int], config_overrides
     if unexpected or [m for m in missing if "position_ids" not in m]:
         raise RuntimeError(f"copying teacher layers failed: missing {missing}, unexpected {unexpected}")
     return student
+
+
+class GGUFError(ValueError):
+    """A GGUF file that cannot be read as a causal LM."""
+
+
+def load_gguf_causal_lm(gguf_path: Union[str, Path]):
+    """``(model, tokenizer)`` from a GGUF file, dequantised to a float32 Hugging Face model.
+
+    The GGUF-loaded object cannot ``save_pretrained``; the model returned here is rebuilt from its
+    config and state dict, so it can (and can be exported as a distilled student's base).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise GGUFError(f"GGUF file {gguf_path} not found. Fix: pass the path of a .gguf file "
+                        "(distill_toolkit.data.sources.smollm2_gguf() fetches SmolLM2-135M)")
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except ImportError as err:
+        raise GGUFError(f"reading {gguf_path} needs the `gguf` package. Fix: pip install gguf") from err
+    except Exception as err:  # the GGUF reader raises many kinds of errors on damaged files
+        raise GGUFError(f"cannot read {gguf_path} as a GGUF causal LM ({type(err).__name__}: {err}). Fix: re-fetch "
+                        "the file (delete its cache folder) or check that it is a GGUF model file") from err
+    model = type(loaded)(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer

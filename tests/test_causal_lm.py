@@ -131,3 +131,14 @@ def test_tiny_llama_distils_end_to_end(tmp_path):
     kd = [row["train/kd"] for row in result["history"]]
     assert kd[-1] < kd[0]
     assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+def test_unreadable_gguf_file_is_a_clear_error(tmp_path):
+    from distill_toolkit.models import GGUFError, load_gguf_causal_lm
+
+    with pytest.raises(GGUFError, match="not found"):
+        load_gguf_causal_lm(tmp_path / "missing.gguf")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(GGUFError, match=r"cannot read .*broken.gguf.*re-fetch"):
+        load_gguf_causal_lm(broken)

