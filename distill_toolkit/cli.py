@@ -1,6 +1,7 @@
 """``distill-toolkit``: run a whole distillation from a YAML file, or inspect a model.
 
     distill-toolkit train CONFIG.yaml [--set training.max_steps=50 ...]
+    distill-toolkit cache-teacher CONFIG.yaml [--overwrite]   (writes training.teacher_cache)
     distill-toolkit params MODEL_DIR [--max-level 3]
 
 Under ``accelerate launch`` use ``-m distill_toolkit.cli train CONFIG.yaml``.
@@ -45,9 +46,9 @@ def load_experiment(path: str, overrides: Optional[list[str]] = None) -> Experim
 
 def run_experiment(config: ExperimentConfig) -> dict:
     """Build data, teacher and student from ``config`` and train; returns the trainer's result."""
-    from distill_toolkit.data import PaddingCollator, tokenize_classification
+    from distill_toolkit.data import PaddingCollator
     from distill_toolkit.engine import Trainer
-    from distill_toolkit.models import load_classifier, load_tokenizer, student_from_teacher
+    from distill_toolkit.models import load_classifier, load_tokenizer, random_student, student_from_teacher
 
     dist = config.distillation
     needs_attention = any(m.feature == "attention" for m in dist.matches)
@@ -60,23 +61,66 @@ def run_experiment(config: ExperimentConfig) -> dict:
         base = teacher if teacher is not None else load_classifier(config.teacher.path, attn_implementation=attn)
         student = student_from_teacher(base, config.student.layers or [], config.student.config)
         tokenizer_path = config.teacher.path
+    elif config.student.init_from == "random":  # same seed, same initial weights: KD run and baseline compare
+        student = random_student(config.student.path, config.student.config, seed=config.training.seed,
+                                 attn_implementation=config.student.attn_implementation or attn)
+        tokenizer_path = config.student.path
     else:
         student = load_classifier(config.student.path, attn_implementation=config.student.attn_implementation or attn,
                                   config_overrides=config.student.config)
         tokenizer_path = config.student.path
     tokenizer = load_tokenizer(tokenizer_path)
 
-    data = load_data(config.data)
-    if config.data.max_train_examples:
-        data["train"] = data["train"].select(range(min(config.data.max_train_examples, len(data["train"]))))
-    tokenized = tokenize_classification(data, tokenizer, max_length=config.data.max_length,
-                                        text_column=config.data.text_column, label_column=config.data.label_column)
+    tokenized = tokenized_data(config, tokenizer)
+    if config.training.teacher_cache:  # written by `cache-teacher`; the teacher is checked against it, never run
+        from distill_toolkit.data.teacher_cache import resolve_teacher_cache
+
+        teacher = resolve_teacher_cache(config.training.teacher_cache, teacher).check(tokenizer=tokenizer)
     trainer = Trainer(student, config.training, dist, tokenized["train"], teacher=teacher,
                       eval_data=tokenized["dev"], collate_fn=PaddingCollator(tokenizer), tokenizer=tokenizer)
     result = trainer.train()
     if "test" in tokenized:
         result["test"] = trainer.evaluate(tokenized["test"])
     return result
+
+
+def tokenized_data(config: ExperimentConfig, tokenizer):
+    """The tokenized splits a run trains on; the training examples carry an ``id`` when a teacher cache is used."""
+    from distill_toolkit.data import tokenize_classification
+
+    data = load_data(config.data)
+    if config.data.max_train_examples:
+        data["train"] = data["train"].select(range(min(config.data.max_train_examples, len(data["train"]))))
+    tokenized = tokenize_classification(data, tokenizer, max_length=config.data.max_length,
+                                        text_column=config.data.text_column, label_column=config.data.label_column)
+    if config.training.teacher_cache:
+        from distill_toolkit.data.teacher_cache import with_ids
+
+        tokenized["train"] = with_ids(tokenized["train"])
+    return tokenized
+
+
+def cache_teacher(config: ExperimentConfig, overwrite: bool = False):
+    """Run the teacher of ``config`` once over its training data and write ``training.teacher_cache``."""
+    from distill_toolkit.data import PaddingCollator
+    from distill_toolkit.data.teacher_cache import build_teacher_cache
+    from distill_toolkit.models import load_classifier, load_tokenizer
+
+    t = config.training
+    if not t.teacher_cache:
+        raise ConfigError("training.teacher_cache", "is not set, so there is nowhere to write the cache",
+                          "set e.g. `teacher_cache: outputs/teacher_cache` in the training section")
+    dist = config.distillation
+    if config.teacher is None or dist.strategy == "supervised":
+        raise ConfigError("teacher", "there is no teacher to cache", "add a `teacher:` section with a `path`")
+    attn = "eager" if any(m.feature == "attention" for m in dist.matches) else None
+    teacher = load_classifier(config.teacher.path, attn_implementation=config.teacher.attn_implementation or attn,
+                              config_overrides=config.teacher.config)
+    tokenizer = load_tokenizer(config.teacher.path if config.student.init_from == "teacher" else config.student.path)
+    train = tokenized_data(config, tokenizer)["train"]
+    return build_teacher_cache(teacher, train, t.teacher_cache, collate_fn=PaddingCollator(tokenizer),
+                               distillation=dist, tokenizer=tokenizer, top_k=t.teacher_cache_top_k,
+                               dtype=t.teacher_cache_dtype, batch_size=t.eval_batch_size, overwrite=overwrite)
 
 
 def load_data(spec: DataSpec):
@@ -105,6 +149,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     train.add_argument("config")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config field (repeatable)")
+    cache = sub.add_parser("cache-teacher", help="run the teacher once over the training data and write "
+                                                 "training.teacher_cache (resumable; `accelerate launch` splits it)")
+    cache.add_argument("config")
+    cache.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config field (repeatable)")
+    cache.add_argument("--overwrite", action="store_true", help="replace a cache built for another teacher or data")
     params = sub.add_parser("params", help="print a model's parameter table")
     params.add_argument("model_dir")
     params.add_argument("--max-level", type=int, default=2)
@@ -125,6 +175,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.command == "cache-teacher":
+        try:
+            cache = cache_teacher(config, overwrite=args.overwrite)
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps({"teacher_cache": str(cache.path), "examples": len(cache), **cache.build_stats,
+                          "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k}, indent=2))
+        return 0
     result = run_experiment(config)
     summary = {k: v for k, v in result.items() if k != "history"}
     print(json.dumps(summary, indent=2, default=str))

@@ -359,6 +359,12 @@ class TrainingConfig(_Serializable):
     cpu: bool = False
     teacher_placement: str = "replicated"  # replicated | zero3 | fsdp | cpu_offload (engine/placement.py)
     deepspeed_config: Optional[str] = None  # a ds_configs/*.json for the student, e.g. under torchrun
+    # Teacher cache (data/teacher_cache.py): `distill-toolkit cache-teacher` writes it, training reads it
+    # and runs no teacher forward. In-memory: the first epoch computes, later epochs reuse.
+    teacher_cache: Optional[str] = None
+    teacher_cache_top_k: Optional[int] = None
+    teacher_cache_dtype: str = "float32"
+    teacher_cache_in_memory: bool = False
 
     def validate(self, where: str = "training") -> None:
         _check(isinstance(self.output_dir, str) and self.output_dir != "", f"{where}.output_dir",
@@ -404,6 +410,7 @@ class TrainingConfig(_Serializable):
         from distill_toolkit.engine.accelerator import check_launch
 
         check_launch(self, where)
+        self._validate_teacher_cache(where)
         _check(self.task_sampler in TASK_SAMPLERS, f"{where}.task_sampler", f"unknown sampler {self.task_sampler!r}",
                f"use one of {', '.join(TASK_SAMPLERS)} (multi-task data only)")
         _check(_is_number(self.task_sampling_tau) and self.task_sampling_tau >= 0, f"{where}.task_sampling_tau",
@@ -422,6 +429,25 @@ class TrainingConfig(_Serializable):
                "task_sampler is 'weights' but no task_weights are given", "e.g. `task_weights: {movies: 2, tweets: 1}`")
 
 
+    def _validate_teacher_cache(self, where: str) -> None:
+        _check(self.teacher_cache is None or (isinstance(self.teacher_cache, str) and self.teacher_cache != ""),
+               f"{where}.teacher_cache", f"must be a folder path or null, got {self.teacher_cache!r}",
+               "set e.g. `teacher_cache: outputs/teacher_cache` (built by `distill-toolkit cache-teacher`)")
+        _check(self.teacher_cache_top_k is None or (_is_int(self.teacher_cache_top_k) and self.teacher_cache_top_k > 0),
+               f"{where}.teacher_cache_top_k", f"must be a positive integer or null, got {self.teacher_cache_top_k!r}",
+               "set e.g. `teacher_cache_top_k: 32` (large vocabularies), or null to store dense logits")
+        _check(self.teacher_cache_dtype in ("float32", "float16", "bfloat16"), f"{where}.teacher_cache_dtype",
+               f"unknown {self.teacher_cache_dtype!r}", "use one of float32, float16, bfloat16")
+        _check(isinstance(self.teacher_cache_in_memory, bool), f"{where}.teacher_cache_in_memory",
+               "must be true or false", "set `teacher_cache_in_memory: true` to reuse the first epoch's outputs")
+        _check(not (self.teacher_cache_in_memory and self.teacher_cache), f"{where}.teacher_cache_in_memory",
+               "is set together with teacher_cache (an on-disk cache already skips every teacher forward)",
+               "keep one of them")
+        _check(self.teacher_cache_top_k is None or self.teacher_cache, f"{where}.teacher_cache_top_k",
+               "is set but there is no teacher_cache to store top-k logits in",
+               "set `teacher_cache: PATH`, or remove teacher_cache_top_k")
+
+
 @dataclass
 class ModelSpec(_Serializable):
     """Where a model comes from, for the CLI.
@@ -430,6 +456,8 @@ class ModelSpec(_Serializable):
       ``builtin:minilm`` for the all-MiniLM-L6-v2 weights the data module fetches.
     - ``init_from``: ``teacher`` builds the student from the teacher's config and copies
       the teacher's embeddings, head and the blocks listed in ``layers``.
+    - ``init_from: random`` builds the student from the config at ``path`` changed by
+      ``config`` (e.g. a narrower student), with random weights seeded by ``training.seed``.
     - ``config``: overrides applied to the base config (e.g. a narrower random student).
     """
 
@@ -442,8 +470,13 @@ class ModelSpec(_Serializable):
     def validate(self, where: str) -> None:
         _check(self.path is not None or self.init_from == "teacher", where,
                "needs `path` or `init_from: teacher`", "point `path` at a saved model folder or `builtin:minilm`")
-        _check(self.init_from in (None, "teacher"), f"{where}.init_from", f"unknown value {self.init_from!r}",
-               "use `teacher` or remove it")
+        _check(self.init_from in (None, "teacher", "random"), f"{where}.init_from",
+               f"unknown value {self.init_from!r}", "use `teacher`, `random` or remove it")
+        _check(self.init_from != "random" or self.path is not None, f"{where}.path",
+               "`init_from: random` reads the architecture and tokenizer from `path`, which is not set",
+               "set `path` to a model folder or `builtin:minilm`")
+        _check(isinstance(self.config, dict), f"{where}.config", f"must be a mapping, got {self.config!r}",
+               "e.g. `config: {num_hidden_layers: 4, hidden_size: 312}`")
         if self.layers is not None:
             _check(isinstance(self.layers, list) and self.layers and all(_is_int(x) and x >= 0 for x in self.layers),
                    f"{where}.layers", f"must be a non-empty list of layer indices, got {self.layers!r}",

@@ -56,6 +56,9 @@ class MultiHeadClassifier(nn.Module):
     def tasks(self) -> list[str]:
         return list(self.heads)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
     def set_attn_implementation(self, implementation: str) -> None:
         self.encoder.set_attn_implementation(implementation)
 

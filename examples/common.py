@@ -98,10 +98,10 @@ def row(label: str, model, data, tokenizer, seconds=None) -> dict:
 
 
 def print_table(rows: list[dict], teacher_acc: float) -> None:
-    header = f"{'model':52} {'params':>7} {'test acc':>8} {'% teacher':>9} {'train s':>7}"
+    header = f"{'model':60} {'params':>7} {'test acc':>8} {'% teacher':>9} {'train s':>7}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['model']:52} {r['params_M']:>6.1f}M {r['test_acc']:>8.4f} "
+        print(f"{r['model']:60} {r['params_M']:>6.1f}M {r['test_acc']:>8.4f} "
               f"{100 * r['test_acc'] / teacher_acc:>8.1f}% {r.get('train_s', ''):>7}")
 
 

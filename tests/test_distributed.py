@@ -331,6 +331,27 @@ def test_a_dying_rank_ends_the_whole_job_with_its_error(tmp_path):
     assert re.search(r"rank\s*:\s*1", job.output), "the launcher's summary must name the failed rank"
 
 
+@pytest.mark.distributed
+def test_accelerate_launch_cpu_flag_is_refused_not_run_alone(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process: it must stop and name what works."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--main_process_port", str(free_port()), str(WORKER), str(tmp_path)]
+    job = run_job(cmd, timeout=120)
+    assert job.returncode != 0 and not (tmp_path / "final").exists()
+    assert "started this process alone" in job.output and "launch/ddp.yaml" in job.output, job.rank_errors()
+
+
+def test_a_rank_left_alone_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from distill_toolkit.engine.accelerator import LaunchError, _check_built
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    alone = SimpleNamespace(num_processes=1, distributed_type=SimpleNamespace(name="NO"))
+    with pytest.raises(LaunchError, match=r"started 2 processes but this one joined a group of 1.*launch/ddp.yaml"):
+        _check_built(alone, "ddp")
+
+
 # ---- launch files, configs, bad input (single process) ----------------------------------
 
 LAUNCH_FILES = ("single", "ddp", "fsdp2", "zero2", "zero3", "zero3_offload", "multi_node")

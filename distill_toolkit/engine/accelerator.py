@@ -78,9 +78,21 @@ def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
+def _lone_cpu_launch() -> bool:
+    """``accelerate launch --cpu --num_processes N>1`` without mpirun: one process, a master address, no rank."""
+    ranked = any(k in os.environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    return (_env_true("ACCELERATE_USE_CPU") and "MASTER_ADDR" in os.environ
+            and os.environ.get("KMP_BLOCKTIME") == "1" and not ranked)
+
+
 def check_launch(training: TrainingConfig, where: str = "training") -> str:
     """Refuse, before any model is loaded, a mode this machine cannot run or a teacher placement
     the launch cannot serve. Returns the launch mode."""
+    if _lone_cpu_launch():
+        raise LaunchError(
+            "`accelerate launch --cpu --num_processes N` started this process alone (Accelerate's CPU launcher "
+            f"needs mpirun), so there would be no second rank. What works: `{CPU_DDP}`, or torchrun "
+            "--nproc_per_node N --master_addr 127.0.0.1 -m distill_toolkit.cli train CONFIG.yaml")
     mode = launch_mode(training)
     placement = training.teacher_placement
     if placement not in PLACEMENTS:

@@ -25,6 +25,7 @@ from transformers import get_scheduler
 from distill_toolkit.config import DistillationConfig, TrainingConfig
 from distill_toolkit.data.samplers import LengthGroupedSampler
 from distill_toolkit.data.tasks import TaskCollator, probe_batches, task_loader
+from distill_toolkit.data.teacher_cache import TeacherCache, resolve_teacher_cache, training_collator
 from distill_toolkit.engine.accelerator import build_accelerator
 from distill_toolkit.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distill_toolkit.engine.export import export_student
@@ -32,6 +33,7 @@ from distill_toolkit.engine.module import DistillationModule
 from distill_toolkit.engine.placement import build_teacher, place_teacher, prepare_student_config
 from distill_toolkit.engine.teachers import TeacherRunner, model_inputs, named_teachers
 from distill_toolkit.features import Adaptor, ModelView
+from distill_toolkit.metrics import accuracy  # noqa: F401  (the default metric; re-exported)
 from distill_toolkit.strategies import build_strategy
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict]
@@ -39,12 +41,6 @@ MetricFn = Callable[[np.ndarray, np.ndarray], dict]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step, the term and the last good checkpoint."""
-
-
-def accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy over positions whose label is not -100."""
-    keep = labels != -100
-    return {"accuracy": float((predictions[keep] == labels[keep]).mean()) if keep.any() else float("nan")}
 
 
 def predictions_from_view(view: ModelView, task: str) -> torch.Tensor:
@@ -88,7 +84,10 @@ class Trainer:
             task at a time by ``training.task_sampler`` (each batch carries ``batch["task"]``).
         teacher: a frozen teacher ``nn.Module`` (None for ``supervised``); several teachers as a
             list or a ``{role: model}`` dict; multi-task: ``{task: model or [models]}``, or one
-            multi-head model for every task (see :mod:`distill_toolkit.strategies.base`).
+            multi-head model for every task (see :mod:`distill_toolkit.strategies.base`). A
+            :class:`~distill_toolkit.data.teacher_cache.TeacherCache` stands in for a teacher: its outputs
+            are read from disk through the collator and no teacher forward runs (so does
+            ``training.teacher_cache: PATH``; a teacher model passed then is only checked against the cache).
         eval_data: optional evaluation ``Dataset`` or ``DataLoader``; for multi-task runs a dict
             ``{task: Dataset}``, evaluated per task (metrics ``task/name``) and averaged.
         collate_fn: turns a list of examples into a batch dict.
@@ -118,7 +117,10 @@ class Trainer:
         self.state = TrainState()
 
         self.strategy = strategy = build_strategy(distillation)
-        given = {role: build_teacher(self.accelerator, model, training.teacher_placement)
+        if training.teacher_cache:  # outputs read from disk; a teacher model given is only checked against it
+            teacher = resolve_teacher_cache(training.teacher_cache, teacher)
+        given = {role: model if isinstance(model, TeacherCache) else
+                 build_teacher(self.accelerator, model, training.teacher_placement)
                  for role, model in named_teachers(teacher).items()}
         if strategy.teacher_roles and not given:
             raise ValueError(f"strategy {distillation.strategy!r} needs a teacher. Fix: pass teacher=..., "
@@ -128,14 +130,18 @@ class Trainer:
             given = {strategy.teacher_roles[0]: next(iter(given.values()))}
         self.module = DistillationModule(student, strategy, distillation.task, student_adaptor)
         adaptors = teacher_adaptor if isinstance(teacher_adaptor, dict) else {}
+        caches = {role: model for role, model in given.items() if isinstance(model, TeacherCache)}
         self.teachers: dict[str, TeacherRunner] = {
-            role: TeacherRunner(given[role], role, strategy.feature_keys()[role], distillation.task,
-                                adaptors.get(role, None if adaptors else teacher_adaptor), strategy)
+            role: TeacherRunner(None if role in caches else given[role], role, strategy.feature_keys()[role],
+                                distillation.task, adaptors.get(role, None if adaptors else teacher_adaptor), strategy,
+                                in_memory=training.teacher_cache_in_memory)
             for role in strategy.teacher_roles}
+        train_collate = (training_collator(caches, train_data, collate_fn, strategy, distillation) if caches
+                         else collate_fn)  # cached teachers: their outputs ride in the batch, no forward
         self.probes = (probe_batches(train_data, training.batch_size, collate_fn)
                        if isinstance(train_data, dict) else None)  # one per task, for strategy.setup
         self.collate_fn = collate_fn
-        self.train_loader = self._loader(train_data, training.batch_size, shuffle=True, collate_fn=collate_fn)
+        self.train_loader = self._loader(train_data, training.batch_size, shuffle=True, collate_fn=train_collate)
         self.eval_loader = (None if eval_data is None else
                             self._loader(eval_data, training.eval_batch_size, shuffle=False, collate_fn=collate_fn))
 
@@ -166,8 +172,9 @@ class Trainer:
         """Probe one batch through every model: checks shapes, builds projections, then prepares."""
         acc = self.accelerator
         device = acc.device
-        for runner in self.teachers.values():  # replicated, sharded (zero3 / fsdp) or offloaded
-            runner.model = place_teacher(acc, runner.model, self.training.teacher_placement)
+        for runner in self.teachers.values():  # replicated, sharded (zero3 / fsdp) or offloaded; cached: none
+            if runner.model is not None:
+                runner.model = place_teacher(acc, runner.model, self.training.teacher_placement)
         self.module.student.to(device)
         prepare_student_config(acc, self.module.student)  # DeepSpeed `auto` sizes from the student
         for probe in self.probes or [next(iter(self.train_loader))]:

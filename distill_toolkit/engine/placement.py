@@ -7,8 +7,9 @@ checkpoint; placement only decides how its weights are held:
 - ``zero3``: a DeepSpeed ZeRO-3 inference engine (no optimizer) built from the ``"teacher"``
   :class:`~accelerate.utils.DeepSpeedPlugin`; each of N ranks holds 1/N of every large
   parameter and gathers one layer at a time during the forward. Needs a DeepSpeed launch.
-- ``fsdp``: torch's FSDP2 ``fully_shard`` on every transformer block and the root; same
-  1/N, over NCCL or gloo. Runs under DDP (and Accelerate's FSDP on GPUs).
+- ``fsdp``: torch's FSDP2 ``fully_shard`` on every transformer block, the (untied) input
+  embeddings and the root; same 1/N, over NCCL or gloo. Runs under DDP (and Accelerate's FSDP
+  on GPUs); with one process there is nothing to shard and it is ``replicated``.
 - ``cpu_offload``: weights stay in CPU memory and are copied to the device one module at a
   time (Accelerate's ``cpu_offload``); slow but needs almost no device memory.
 
@@ -166,7 +167,7 @@ def _local(param: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def parameter_shards(model: nn.Module) -> dict[str, tuple[int, int]]:
     """``{name: (elements held by this rank, elements of the full parameter)}`` under any placement."""
-    if hasattr(model, "module") and isinstance(model.module, nn.Module):  # a DeepSpeed engine
+    if hasattr(model, "module") and isinstance(model.module, nn.Module):  # a DeepSpeed engine or DDP
         model = model.module
     out = {}
     for name, param in model.named_parameters():

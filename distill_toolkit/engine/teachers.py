@@ -7,7 +7,9 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from distill_toolkit.data.dual import align_view
 from distill_toolkit.data.tasks import accepts_task, batch_task
+from distill_toolkit.data.teacher_cache import InMemoryTeacherCache, TeacherCache, TeacherCacheError, cached_view
 from distill_toolkit.features import (
     Adaptor,
     FeatureCapture,
@@ -63,6 +65,8 @@ def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[s
 
 
 def _is_model(value) -> bool:
+    if isinstance(value, TeacherCache):  # a teacher's outputs read from disk stand in for the teacher
+        return True
     return isinstance(value, nn.Module) or (callable(value) and not isinstance(value, (list, tuple, dict)))
 
 
@@ -87,24 +91,47 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class TeacherRunner:
-    """Runs one frozen teacher and returns its :class:`ModelView` (logits + captured features)."""
+    """Runs one frozen teacher and returns its :class:`ModelView` (logits + captured features).
 
-    def __init__(self, model: nn.Module, role: str, feature_keys: list[str], task: str = "auto",
-                 adaptor: Optional[Adaptor] = None, strategy=None):
-        self.model = freeze(model)
+    The view comes, in this order, from the batch's ``teacher_cache`` (no forward at all; ``model``
+    may then be None), from the in-memory cache (``in_memory=True``: first epoch computes, later
+    epochs reuse), or from a forward pass. Cross-tokenizer batches (``batch["alignment"]``) then get
+    the teacher's positions mapped onto the student's (:mod:`distill_toolkit.data.dual`).
+    """
+
+    def __init__(self, model: Optional[nn.Module], role: str, feature_keys: list[str], task: str = "auto",
+                 adaptor: Optional[Adaptor] = None, strategy=None, in_memory: bool = False):
+        self.model = freeze(model) if model is not None else None
         self.strategy = strategy
         self.role = role
         self.adaptor = adaptor
-        self.task = detect_task(model) if task == "auto" else task
+        self.task = detect_task(model) if task == "auto" and model is not None else task
         hooked = [k for k in feature_keys if adaptor is None or k.startswith("module:")]
-        self.capture = FeatureCapture(model, hooked)
-        self.takes_task = accepts_task(model)  # multi-head teachers get the batch's task
+        self.capture = FeatureCapture(model, hooked) if model is not None else None
+        self.takes_task = model is not None and accepts_task(model)  # multi-head teachers get the batch's task
+        self.memory = InMemoryTeacherCache(self.task) if in_memory else None
 
     def to(self, device) -> "TeacherRunner":
-        self.model.to(device)
+        if self.model is not None:
+            self.model.to(device)
         return self
 
     def __call__(self, batch: dict) -> ModelView:
+        view = cached_view(batch, self.role)
+        if view is None and self.memory is not None:
+            view = self.memory.lookup(batch)
+        if view is None:
+            if self.model is None:
+                raise TeacherCacheError(f"teacher {self.role!r} has no model and the batch carries no cached outputs "
+                                        "for it (batch['teacher_cache']). Fix: pass the TeacherCache as the teacher "
+                                        "so the Trainer's collator attaches them, or pass the teacher model")
+            view = self.forward(batch)
+            if self.memory is not None:
+                self.memory.store(batch, view)
+        return align_view(view, batch, self.task)
+
+    def forward(self, batch: dict) -> ModelView:
+        """The teacher's forward pass on ``batch`` (its own positions, no cache, no alignment)."""
         inputs = forward_inputs(model_inputs(batch, self.role), self.strategy, self.role)
         task = batch_task(batch)
         if self.takes_task and task is not None:

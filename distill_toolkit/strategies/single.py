@@ -30,7 +30,15 @@ def match_feature_keys(match: Match, side: str) -> list[str]:
 
 
 def select_rows(logits: torch.Tensor, mask) -> torch.Tensor:
-    """Keep the positions where ``mask`` is true: (B, L, C) -> (N, C); 2-D logits pass through."""
+    """Keep the positions where ``mask`` is true: (B, L, C) -> (N, C); 2-D logits pass through.
+
+    A :class:`SparseTeacher` (top-k teacher cache) has the rows of each of its fields selected.
+    """
+    if isinstance(logits, losses.SparseTeacher):
+        if mask is None or logits.logprobs.dim() == 2:
+            return logits
+        keep = mask.bool()
+        return losses.SparseTeacher(*(None if t is None else t[keep] for t in logits))
     if mask is None or logits.dim() == 2:
         return logits
     return logits[mask.bool()]
@@ -92,6 +100,11 @@ class SingleTeacher(Strategy):
             raise StrategyError(f"the student has {len(student.logits)} logits heads and the teacher "
                                 f"{len(teacher.logits)}; they must be the same task")
         for l_S, l_T in zip(student.logits, teacher.logits):
+            if isinstance(l_T, losses.SparseTeacher):  # top-k teacher cache: classes are given by index
+                if l_T.logprobs.shape[:-1] != l_S.shape[:-1]:
+                    raise StrategyError(f"logits positions differ: student {tuple(l_S.shape[:-1])} vs cached top-k "
+                                        f"teacher {tuple(l_T.logprobs.shape[:-1])}")
+                continue
             if l_S.shape != l_T.shape:
                 fix = ("give the student the teacher's number of labels (`num_labels`)" if l_S.shape[-1] != l_T.shape[-1]
                        else "feed both models the same tokenized batch (or use separate student/teacher batches "

@@ -57,8 +57,7 @@ class Report(Callback):
         if not self.facts:
             runner = next(iter(trainer.teachers.values()))
             self.facts = {
-                "student_shards": parameter_shards(trainer.module.module if hasattr(trainer.module, "module")
-                                                   else trainer.module),
+                "student_shards": parameter_shards(trainer.module),  # DDP / DeepSpeed wrapper or bare
                 "teacher_shards": parameter_shards(runner.model),
                 "teacher_type": type(runner.model).__name__,
                 "teacher_requires_grad": any(p.requires_grad for p in runner.model.parameters()),
