@@ -1,6 +1,5 @@
 """The loop: accumulation, exact resume after a real kill, trackers, export, bad input."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

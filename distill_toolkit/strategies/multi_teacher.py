@@ -117,13 +117,7 @@ class MultiTeacher(SingleTeacher):
                     self._check_logits(student, teachers[role])
                 except StrategyError as err:
                     raise StrategyError(f"teacher {role!r} vs the student: {err}") from None
-        if cfg.hard_label_weight > 0 and student.loss is None:
-            raise StrategyError(
-                "distillation.hard_label_weight is > 0 but the student computed no loss: the batch has no "
-                "`labels`. Fix: add labels to the data, or set hard_label_weight: 0 (pure KD on unlabelled text)")
-        if cfg.probability_shift and student.labels is None:
-            raise StrategyError("distillation.probability_shift needs `labels` in the batch. "
-                                "Fix: add labels, or set probability_shift: false")
+        self._check_labels(student)
         self.projections = nn.ModuleList(
             self._build_projection(i, m, student, teachers[role]) for i, m, role in self.pairs)
         self.ready = True

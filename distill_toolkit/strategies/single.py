@@ -85,15 +85,19 @@ class SingleTeacher(Strategy):
         cfg = self.config
         if cfg.kd_loss_weight > 0:
             self._check_logits(student, teacher)
-        if cfg.hard_label_weight > 0 and student.loss is None:
+        self._check_labels(student)
+        self.projections = nn.ModuleList(
+            self._build_projection(i, m, student, teacher) for i, m in enumerate(cfg.matches))
+
+    def _check_labels(self, student: ModelView) -> None:
+        """Hard-label loss and probability shift both need ``labels`` in the batch."""
+        if self.config.hard_label_weight > 0 and student.loss is None:
             raise StrategyError(
                 "distillation.hard_label_weight is > 0 but the student computed no loss: the batch has no "
                 "`labels`. Fix: add labels to the data, or set hard_label_weight: 0 (pure KD on unlabelled text)")
-        if cfg.probability_shift and student.labels is None:
+        if self.config.probability_shift and student.labels is None:
             raise StrategyError("distillation.probability_shift needs `labels` in the batch. "
                                 "Fix: add labels, or set probability_shift: false")
-        self.projections = nn.ModuleList(
-            self._build_projection(i, m, student, teacher) for i, m in enumerate(cfg.matches))
 
     def _check_logits(self, student: ModelView, teacher: ModelView) -> None:
         if len(student.logits) != len(teacher.logits):
