@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional
 
@@ -46,6 +47,10 @@ def load_experiment(path: str, overrides: Optional[list[str]] = None) -> Experim
 
 def run_experiment(config: ExperimentConfig) -> dict:
     """Build data, teacher and student from ``config`` and train; returns the trainer's result."""
+    if config.data.name == "text":  # causal LMs (distill_toolkit/cli_lm.py)
+        from distill_toolkit.cli_lm import run_lm_experiment
+
+        return run_lm_experiment(config)
     from distill_toolkit.data import PaddingCollator
     from distill_toolkit.engine import Trainer
     from distill_toolkit.models import load_classifier, load_tokenizer, random_student, student_from_teacher
@@ -86,11 +91,11 @@ def run_experiment(config: ExperimentConfig) -> dict:
 
 def tokenized_data(config: ExperimentConfig, tokenizer):
     """The tokenized splits a run trains on; the training examples carry an ``id`` when a teacher cache is used."""
-    from distill_toolkit.data import tokenize_classification
+    from distill_toolkit.data import subsample, tokenize_classification
 
     data = load_data(config.data)
     if config.data.max_train_examples:
-        data["train"] = data["train"].select(range(min(config.data.max_train_examples, len(data["train"]))))
+        data["train"] = subsample(data["train"], config.data.max_train_examples, seed=config.data.seed)
     tokenized = tokenize_classification(data, tokenizer, max_length=config.data.max_length,
                                         text_column=config.data.text_column, label_column=config.data.label_column)
     if config.training.teacher_cache:
@@ -113,6 +118,10 @@ def cache_teacher(config: ExperimentConfig, overwrite: bool = False):
     dist = config.distillation
     if config.teacher is None or dist.strategy == "supervised":
         raise ConfigError("teacher", "there is no teacher to cache", "add a `teacher:` section with a `path`")
+    if config.data.name == "text":  # causal LMs (distill_toolkit/cli_lm.py)
+        from distill_toolkit.cli_lm import cache_lm_teacher
+
+        return cache_lm_teacher(config, overwrite)
     attn = "eager" if any(m.feature == "attention" for m in dist.matches) else None
     teacher = load_classifier(config.teacher.path, attn_implementation=config.teacher.attn_implementation or attn,
                               config_overrides=config.teacher.config)
@@ -181,13 +190,32 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ConfigError as err:
             print(f"config error: {err}", file=sys.stderr)
             return 2
-        print(json.dumps({"teacher_cache": str(cache.path), "examples": len(cache), **cache.build_stats,
-                          "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k}, indent=2))
+        if _is_main_process():
+            print(json.dumps({"teacher_cache": str(cache.path), "examples": len(cache), **cache.build_stats,
+                              "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k}, indent=2))
+        _close_process_group()
         return 0
     result = run_experiment(config)
-    summary = {k: v for k, v in result.items() if k != "history"}
-    print(json.dumps(summary, indent=2, default=str))
+    if _is_main_process():
+        summary = {k: v for k, v in result.items() if k != "history"}
+        print(json.dumps(summary, indent=2, default=str))
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under a launch, wait for every rank, then tear the process group down before the interpreter exits:
+    a rank that leaves first can otherwise abort the others' gloo threads mid-shutdown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a launch (torchrun and `accelerate launch` set RANK), or a plain `python` run."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

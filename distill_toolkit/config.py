@@ -318,6 +318,11 @@ class DistillationConfig(_Serializable):
                "give one weight per teacher, e.g. `teacher_weights: [2, 1]`")
         _check(isinstance(self.strategy_options, dict), f"{where}.strategy_options", "must be a mapping",
                "e.g. `strategy_options: {tau: 1.0}`")
+        from distill_toolkit.strategies.base import get as get_strategy
+
+        check_options = getattr(get_strategy(self.strategy), "check_options", None)
+        if check_options is not None:  # a strategy that declares its options checks them up front
+            check_options(self.strategy_options, f"{where}.strategy_options")
 
 
 @dataclass
@@ -472,9 +477,6 @@ class ModelSpec(_Serializable):
                "needs `path` or `init_from: teacher`", "point `path` at a saved model folder or `builtin:minilm`")
         _check(self.init_from in (None, "teacher", "random"), f"{where}.init_from",
                f"unknown value {self.init_from!r}", "use `teacher`, `random` or remove it")
-        _check(self.init_from != "random" or self.path is not None, f"{where}.path",
-               "`init_from: random` reads the architecture and tokenizer from `path`, which is not set",
-               "set `path` to a model folder or `builtin:minilm`")
         _check(isinstance(self.config, dict), f"{where}.config", f"must be a mapping, got {self.config!r}",
                "e.g. `config: {num_hidden_layers: 4, hidden_size: 312}`")
         if self.layers is not None:
@@ -490,6 +492,13 @@ class DataSpec(_Serializable):
     - ``name: sentiment``: the VADER corpora (``domain``: movies, tweets, amazon, nyt), fetched once.
     - ``name: files``: your own JSON-lines or CSV files (``train_file``, ``dev_file``, optional
       ``test_file``) with a text column and an integer label column.
+    - ``name: text``: text for causal LMs (models load as ``AutoModelForCausalLM``): ``.txt`` files
+      (one example per line) or JSON-lines/CSV with ``text_column``; with ``prompt_column`` too,
+      each example is a prompt + completion (``text_column``) and only the completion is learnt.
+      ``dev_file``/``test_file`` are optional and scored by perplexity.
+
+    ``max_examples`` keeps a seeded random subset of the corpus before it is split;
+    ``max_train_examples`` a seeded random subset of the training split (``seed`` for both).
     """
 
     name: str = "sentiment"
@@ -499,14 +508,22 @@ class DataSpec(_Serializable):
     test_file: Optional[str] = None
     text_column: str = "text"
     label_column: str = "label"
+    prompt_column: Optional[str] = None
     max_length: int = 64
     max_examples: Optional[int] = None
     max_train_examples: Optional[int] = None
     seed: int = 0
 
     def validate(self, where: str = "data") -> None:
-        _check(self.name in ("sentiment", "files"), f"{where}.name", f"unknown data set {self.name!r}",
-               "use `sentiment` (the VADER corpora) or `files` (your own train_file/dev_file)")
+        _check(self.name in ("sentiment", "files", "text"), f"{where}.name", f"unknown data set {self.name!r}",
+               "use `sentiment` (the VADER corpora), `files` (your own train_file/dev_file) or `text` (causal LMs)")
+        if self.name == "text":
+            _check(isinstance(self.train_file, str) and Path(self.train_file).is_file(), f"{where}.train_file",
+                   f"file {self.train_file!r} not found", "point it at a .txt (one example per line), .jsonl or .csv")
+            for key in ("dev_file", "test_file"):
+                path = getattr(self, key)
+                _check(path is None or Path(path).is_file(), f"{where}.{key}", f"file {path!r} not found",
+                       "point it at a file or remove it")
         if self.name == "files":
             for key in ("train_file", "dev_file"):
                 path = getattr(self, key)
@@ -542,6 +559,9 @@ class ExperimentConfig(_Serializable):
         self.distillation.validate("distillation")
         self.data.validate("data")
         self.student.validate("student")
+        _check(self.distillation.strategy != "causal_lm" or self.data.name == "text", "data.name",
+               f"strategy 'causal_lm' trains causal LMs on text, but data.name is {self.data.name!r}",
+               "set `name: text` with a train_file of text (.txt, one example per line, or .jsonl/.csv)")
         if self.distillation.strategy != "supervised":
             _check(self.teacher is not None, "teacher", f"strategy {self.distillation.strategy!r} needs a teacher",
                    "add a `teacher:` section with a `path`, or use `strategy: supervised`")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          AutoTokenizer, PreTrainedModel)
 
 from distill_toolkit.features import find_blocks, unwrap
 
@@ -35,6 +36,16 @@ def load_classifier(path: str, num_labels: int = 2, attn_implementation: Optiona
     config = AutoConfig.from_pretrained(path, num_labels=num_labels, **(config_overrides or {}))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     return AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
+
+
+def load_token_classifier(path: str, num_labels: int, attn_implementation: Optional[str] = None,
+                          config_overrides: Optional[dict] = None) -> PreTrainedModel:
+    """A token classifier (e.g. for NER) from a local folder, offline; the head is new unless saved there."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels, **(config_overrides or {}))
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForTokenClassification.from_pretrained(path, config=config, **kwargs)
 
 
 def load_tokenizer(path: str):
@@ -76,6 +87,46 @@ def student_from_teacher(teacher: nn.Module, layers: list[int], config_overrides
     return student
 
 
+def random_student(path: str, config_overrides: Optional[dict] = None, num_labels: int = 2,
+                   seed: Optional[int] = None, attn_implementation: Optional[str] = None) -> PreTrainedModel:
+    """A randomly initialised classifier with the architecture of ``path``, changed by ``config_overrides``.
+
+    Only the config (and, by the caller, the tokenizer) is read from ``path``; no weights are
+    loaded. This is the "T4-tiny"-style student: e.g. ``{"num_hidden_layers": 4, "hidden_size": 312,
+    "intermediate_size": 1200}``. With ``seed``, the initial weights depend on it alone, so a
+    distilled run and its no-teacher baseline start from the same point.
+    """
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = AutoConfig.from_pretrained(resolve_model_path(path), num_labels=num_labels)
+    for key, value in (config_overrides or {}).items():
+        if not hasattr(config, key):
+            raise ValueError(f"student.config.{key}: {type(config).__name__} has no such field. Fix: use one of "
+                             "its fields, e.g. num_hidden_layers, hidden_size, intermediate_size, num_attention_heads")
+        setattr(config, key, value)
+    heads = getattr(config, "num_attention_heads", None)
+    if heads and config.hidden_size % heads:
+        raise ValueError(f"student.config: hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+                         f"{heads}. Fix: pick a head count that divides it (e.g. 12 for 312, 4 or 12 for 192)")
+    if seed is not None:
+        torch.manual_seed(seed)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForSequenceClassification.from_config(config, **kwargs)
+
+
+def load_causal_lm(path: str, attn_implementation: Optional[str] = None,
+                   config_overrides: Optional[dict] = None) -> PreTrainedModel:
+    """A causal LM (``AutoModelForCausalLM``: Llama, GPT-2, ...) from a local folder, offline."""
+    from transformers import AutoModelForCausalLM
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path, **(config_overrides or {}))
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+
+
 class GGUFError(ValueError):
     """A GGUF file that cannot be read as a causal LM."""
 
@@ -94,8 +145,16 @@ def load_gguf_causal_lm(gguf_path: Union[str, Path]):
         raise GGUFError(f"GGUF file {gguf_path} not found. Fix: pass the path of a .gguf file "
                         "(distill_toolkit.data.sources.smollm2_gguf() fetches SmolLM2-135M)")
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        loaded, info = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                            output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # Transformers would fill them with random weights and carry on
+            raise GGUFError(f"{gguf_path} lacks {len(missing)} of the model's tensors (e.g. {missing[:3]}), so they "
+                            "would be random. Fix: re-fetch the file (delete its cache folder); a partial or "
+                            "truncated download looks like this")
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except GGUFError:
+        raise
     except ImportError as err:
         raise GGUFError(f"reading {gguf_path} needs the `gguf` package. Fix: pip install gguf") from err
     except Exception as err:  # the GGUF reader raises many kinds of errors on damaged files

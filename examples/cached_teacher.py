@@ -28,7 +28,7 @@ import torch
 from common import Timer, collator, fine_tuned_teacher, load_teacher, print_table, row, sentiment, training
 
 from distill_toolkit import DistillationConfig, Trainer
-from distill_toolkit.data import build_teacher_cache, with_ids
+from distill_toolkit.data import build_teacher_cache, subsample, with_ids
 from distill_toolkit.models import student_from_teacher
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     data, tokenizer = sentiment("movies")
     train = with_ids(data["train"])
     amazon, _ = sentiment("amazon")
-    extra = amazon["train"].select(range(min(args.augment_examples, len(amazon["train"]))))
+    extra = subsample(amazon["train"], args.augment_examples, seed=0)
     extra = extra.map(lambda e, i: {"labels": -100, "id": 1_000_000 + i}, with_indices=True)  # unlabelled
     augmented = datasets.concatenate_datasets([train, extra.cast(train.features)])
     collate = collator(tokenizer)

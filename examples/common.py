@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distill_toolkit import DistillationConfig, Trainer, TrainingConfig
@@ -112,3 +113,89 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+# ---- task examples (ner.py, multi_label.py): evaluation, throughput, result rows -------------------
+
+@torch.no_grad()
+def evaluate(model, dataset, tokenizer, metric_fn, batch_size: int = 64) -> tuple[dict, float]:
+    """``metric_fn`` on ``model``'s decisions over ``dataset``, and inference examples per second.
+
+    Decisions are made as the Trainer makes them (argmax; ``logits > 0`` for a multi-label model).
+    The rate times the forward passes only: batches are collated first, one warm-up pass precedes.
+    """
+    model.eval()
+    multilabel = getattr(model.config, "problem_type", None) == "multi_label_classification"
+    collate = collator(tokenizer)
+    batches = [collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])
+               for s in range(0, len(dataset), batch_size)]
+    golds = [batch.pop("labels") for batch in batches]
+    model(**batches[0])
+    start = time.perf_counter()
+    logits = [model(**batch).logits for batch in batches]
+    rate = len(dataset) / (time.perf_counter() - start)
+    preds = [(lg > 0).long() if multilabel else lg.argmax(-1) for lg in logits]
+    return metric_fn(_stack_rows(preds), _stack_rows(golds)), rate
+
+
+def _stack_rows(tensors: list) -> np.ndarray:
+    """Concatenate per-batch arrays; token-level ones are right-padded with -100 to one width."""
+    rows = [row for t in tensors for row in t.numpy()]
+    if tensors[0].dim() == 1 or len({len(r) for r in rows}) == 1:
+        return np.stack(rows)
+    width = max(len(r) for r in rows)
+    return np.stack([np.pad(r, (0, width - len(r)), constant_values=-100) for r in rows])
+
+
+def result_row(label: str, model, metric: str, dev: dict, test: dict, examples_per_s: float, distilled: bool,
+               command: str, also: tuple = (), **extra) -> dict:
+    """One row of a results table (the format ``benchmarks/results.py`` collects).
+
+    ``metric`` names the headline metric (``dev``/``test`` hold it); each name in ``also`` adds
+    ``dev_<name>`` and ``test_<name>``.
+    """
+    more = {f"{split}_{name}": round(values[name], 4)
+            for name in also for split, values in (("dev", dev), ("test", test))}
+    return {"model": label, "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
+            "params": count_parameters(model), "metric": metric, "dev": round(dev[metric], 4),
+            "test": round(test[metric], 4), **more, "examples_per_s": round(examples_per_s, 1),
+            "distilled": distilled, "command": command, **extra}
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The rows as a table; the first row is the teacher, whose test metric the ratios divide by."""
+    teacher = rows[0]["test"]
+    also = [k[len("test_"):] for k in rows[0] if k.startswith("test_")]
+    names = [rows[0]["metric"]] + also
+    header = (f"{'model':36} {'layers':>6} {'hidden':>6} {'params':>7} "
+              + " ".join(f"{name + ' ' + split:>15}" for name in names for split in ("dev", "test"))
+              + f" {'% teacher':>9} {'ex/s':>6}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        values = [r["dev"], r["test"]] + [r[f"{split}_{name}"] for name in also for split in ("dev", "test")]
+        print(f"{r['model']:36} {r['layers']:>6} {r['hidden']:>6} {r['params'] / 1e6:>6.1f}M "
+              + " ".join(f"{v:>15.4f}" for v in values)
+              + f" {100 * r['test'] / teacher if teacher else float('nan'):>8.1f}% {r['examples_per_s']:>6.0f}")
+    print(f"% teacher: test {rows[0]['metric']} over the teacher's. Command: {rows[0]['command']}")
+
+
+def command_line(script: str, fn, values: dict) -> str:
+    """``python examples/<script>`` with a flag for each argument of ``fn`` whose value is not its default."""
+    import inspect
+
+    parts = ["python", f"examples/{script}"]
+    for name, param in inspect.signature(fn).parameters.items():
+        value = values.get(name, param.default)
+        if value == param.default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        parts += [flag] if value is True else [flag, str(value)]
+    return " ".join(parts)
+
+
+def defaults_epilog(fn) -> str:
+    """A ``--help`` epilog listing ``fn``'s default arguments (the flags of an example mirror them)."""
+    import inspect
+
+    return "defaults: " + ", ".join(f"--{name.replace('_', '-')} {p.default}" for name, p in
+                                    inspect.signature(fn).parameters.items() if p.default not in (None, False))

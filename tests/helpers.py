@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -79,3 +81,29 @@ def read_wandb_history(run_file) -> list[dict]:
                 rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
                              for item in record.history.item})
     return rows
+
+
+def toy_training(output_dir, **kw):
+    """A short, quiet TrainingConfig for the toy task (6 steps of 8, no trackers); ``kw`` overrides."""
+    from distill_toolkit import TrainingConfig
+
+    base = dict(output_dir=str(output_dir), max_steps=6, batch_size=8, learning_rate=1e-3, trackers=[],
+                progress_bar=False, eval_every_epochs=None, seed=0)
+    return TrainingConfig(**{**base, **kw})
+
+
+def toy_distillation(**kw):
+    """KD at T=2 with half-weight labels, one projected hidden match and one attention match; ``kw`` overrides."""
+    from distill_toolkit import DistillationConfig, Match
+
+    base = dict(temperature=2.0, hard_label_weight=0.5,
+                matches=[Match(teacher_layer=4, student_layer=2, projection="linear"),
+                         Match(teacher_layer=2, student_layer=1, feature="attention", loss="attention_mse")])
+    return DistillationConfig(**{**base, **kw})
+
+
+def final_weights(run_dir) -> dict:
+    """The exported student's tensors of a finished run."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "final" / "model.safetensors"))

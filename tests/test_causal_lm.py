@@ -142,3 +142,20 @@ def test_unreadable_gguf_file_is_a_clear_error(tmp_path):
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(GGUFError, match=r"cannot read .*broken.gguf.*re-fetch"):
         load_gguf_causal_lm(broken)
+
+
+def test_gguf_file_without_the_models_tensors_is_refused(tmp_path):
+    """A well-formed GGUF header naming a Llama but holding no tensors: Transformers would initialise every
+    weight at random and carry on; the loader refuses it instead."""
+    gguf = pytest.importorskip("gguf")
+    from distill_toolkit.models import GGUFError, load_gguf_causal_lm
+
+    path = tmp_path / "partial.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(GGUFError, match=r"partial.gguf lacks \d+ of the model's tensors .*re-fetch"):
+        load_gguf_causal_lm(path)

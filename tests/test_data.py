@@ -162,6 +162,22 @@ def test_split_indices_pinned():
     assert parts == {"train": [2, 3, 4, 5, 6, 7], "dev": [0, 9], "test": [1, 8]}
 
 
+def test_subsample_is_a_seeded_unbiased_slice():
+    from datasets import Dataset
+
+    from distill_toolkit.data import subsample
+
+    # grouped like the VADER movie file: all positives first
+    data = Dataset.from_dict({"i": list(range(1000)), "label": [1] * 500 + [0] * 500})
+    part = subsample(data, 200, seed=0)
+    assert len(part) == 200 and part["i"] == sorted(part["i"])  # kept in file order
+    assert 70 < sum(part["label"]) < 130                         # the first 200 would be all positive
+    assert part["i"] == subsample(data, 200, seed=0)["i"] != subsample(data, 200, seed=1)["i"]
+    assert subsample(data, None) is data and subsample(data, 5000) is data
+    with pytest.raises(ValueError, match="positive int"):
+        subsample(data, 0)
+
+
 def test_max_examples_subsamples_before_split(vader_folder):
     ds = load_sentiment("movies", seed=1, max_examples=10, data_dir=vader_folder)
     assert [len(s) for s in ds.values()] == [8, 1, 1]

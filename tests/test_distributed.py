@@ -305,7 +305,7 @@ def test_fsdp_teacher_is_sharded_under_ddp(single, tmp_path):
 # ---- the CLI under accelerate launch ------------------------------------------------------
 
 @pytest.mark.distributed
-def test_cli_runs_unchanged_under_accelerate_launch(workspace):
+def test_cli_runs_unchanged_under_accelerate_launch(workspace):  # noqa: F811 (the imported fixture)
     """`accelerate launch --config_file launch/ddp.yaml -m distill_toolkit.cli train CONFIG.yaml`."""
     config = _write_config(workspace, teacher={"path": str(workspace / "teacher")},
                            student={"init_from": "teacher", "layers": [1, 3]},

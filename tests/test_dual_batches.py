@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizerFast
+from transformers import (BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizerFast,
+                          BertTokenizerLegacy)
 
 from distill_toolkit import DistillationConfig, Match, Trainer, TrainingConfig
 from distill_toolkit.data.dual import DualTokenizerCollator, align_view, alignment_matrices
@@ -107,14 +108,16 @@ def test_bad_input(tokenizers):
     with pytest.raises(ValueError, match="some examples of the batch have 'label' and some do not"):
         DualTokenizerCollator(student_tok, teacher_tok)([{"text": "the", "label": 0}, {"text": "the"}])
 
-    class SlowTokenizer:  # no offsets: what a Python ("slow") tokenizer offers
-        is_fast = False
-        pad_token_id = 0
-
+    # a real Python ("slow") tokenizer: it silently ignores return_offsets_mapping, so the collator must refuse it
+    slow = BertTokenizerLegacy(vocab_file=str(Path(teacher_tok.name_or_path) / "vocab.txt"))
+    assert not slow.is_fast and "offset_mapping" not in slow("the game", return_offsets_mapping=True)
     with pytest.raises(ValueError, match="character offsets, which only fast tokenizers provide.*teacher tokenizer "
-                                         "SlowTokenizer.*use_fast=True"):
-        DualTokenizerCollator(student_tok, SlowTokenizer(), align="first")
-    DualTokenizerCollator(student_tok, SlowTokenizer())  # sequence level: no offsets needed
+                                         "BertTokenizerLegacy.*use_fast=True"):
+        DualTokenizerCollator(student_tok, slow, align="first")
+    with pytest.raises(ValueError, match="word labels need word_ids\\(\\).*student tokenizer BertTokenizerLegacy"):
+        DualTokenizerCollator(slow, teacher_tok, words_column="tokens", label_column="tags")
+    batch = DualTokenizerCollator(student_tok, slow)([{"text": "the game", "label": 1}])  # sequence level: no offsets
+    assert slow.convert_ids_to_tokens(batch["teacher"]["input_ids"][0]) == ["[CLS]", "the", "ga", "##me", "[SEP]"]
     with pytest.raises(ValueError, match="align: unknown 'last'"):
         DualTokenizerCollator(student_tok, teacher_tok, align="last")
 

@@ -6,36 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from distill_toolkit import (CheckpointError, ConfigError, DistillationConfig, Match, NonFiniteLossError,
-                             Trainer, TrainingConfig)
+                             Trainer)
 from distill_toolkit.engine.checkpoint import latest_checkpoint
 from distill_toolkit.features import FeatureError
 from distill_toolkit.strategies import StrategyError
 
-from helpers import ToyTask, collate, read_wandb_history, tiny_bert
+from helpers import ToyTask, collate, final_weights, read_wandb_history, tiny_bert, toy_distillation, toy_training
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def _training(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), max_steps=6, batch_size=8, learning_rate=1e-3, trackers=[],
-                progress_bar=False, eval_every_epochs=None, seed=0)
-    base.update(kw)
-    return TrainingConfig(**base)
 
-
-def _distill(**kw):
-    base = dict(temperature=2.0, hard_label_weight=0.5,
-                matches=[Match(teacher_layer=4, student_layer=2, projection="linear"),
-                         Match(teacher_layer=2, student_layer=1, feature="attention", loss="attention_mse")])
-    base.update(kw)
-    return DistillationConfig(**base)
-
-
-def _final_weights(run_dir) -> dict:
-    return load_file(str(Path(run_dir) / "final" / "model.safetensors"))
 
 
 class FixedLength(ToyTask):
@@ -50,13 +33,13 @@ class FixedLength(ToyTask):
 def test_single_distillation_trains_and_exports(tmp_path):
     teacher, student = tiny_bert(4, 48, seed=1), tiny_bert(2, 32, seed=2)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    result = Trainer(student, _training(tmp_path), _distill(), ToyTask(48), teacher=teacher,
+    result = Trainer(student, toy_training(tmp_path / "run"), toy_distillation(), ToyTask(48), teacher=teacher,
                      eval_data=ToyTask(16, seed=4), collate_fn=collate).train()
     assert result["global_step"] == 6
     names = set(result["history"][-1])
     assert {"train/loss", "train/kd", "train/hard_label", "train/hidden_mse/S2-T4",
             "train/attention_mse/S1-T2", "train/lr"} <= names
-    exported = _final_weights(tmp_path / "run")
+    exported = final_weights(tmp_path / "run")
     assert any(not torch.equal(exported[k], before[k]) for k in exported if k in before)
     # the export loads in a fresh model and gives the trained model's logits
     from transformers import AutoModelForSequenceClassification
@@ -72,7 +55,8 @@ def test_single_distillation_trains_and_exports(tmp_path):
 def test_teacher_weights_unchanged(tmp_path):
     teacher, student = tiny_bert(4, 48, seed=1), tiny_bert(2, 32, seed=2)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    Trainer(student, _training(tmp_path), _distill(), ToyTask(32), teacher=teacher, collate_fn=collate).train()
+    Trainer(student, toy_training(tmp_path / "run"), toy_distillation(), ToyTask(32), teacher=teacher,
+            collate_fn=collate).train()
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not teacher.training
@@ -83,11 +67,11 @@ def test_gradient_accumulation_equals_big_batch(tmp_path):
     runs = {}
     for name, (bs, accum) in {"big": (8, 1), "accum": (4, 2)}.items():
         teacher, student = tiny_bert(4, 48, seed=1), tiny_bert(2, 32, seed=2)
-        cfg = _training(tmp_path / name, batch_size=bs, gradient_accumulation_steps=accum, max_steps=None,
+        cfg = toy_training(tmp_path / name / "run", batch_size=bs, gradient_accumulation_steps=accum, max_steps=None,
                         num_epochs=1, max_grad_norm=0.5)
-        result = Trainer(student, cfg, _distill(), data, teacher=teacher, collate_fn=collate).train()
+        result = Trainer(student, cfg, toy_distillation(), data, teacher=teacher, collate_fn=collate).train()
         assert result["global_step"] == 8
-        runs[name] = _final_weights(tmp_path / name / "run")
+        runs[name] = final_weights(tmp_path / name / "run")
     for key in runs["big"]:
         torch.testing.assert_close(runs["accum"][key], runs["big"][key], rtol=1e-4, atol=1e-5)
 
@@ -111,7 +95,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, sampler):
     resumed = _run_script(tmp_path / "killed", "--resume", *sampler)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
-    a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "killed")
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
@@ -138,8 +122,8 @@ def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_lengths():
 
 def test_trackers_write_tensorboard_and_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = _training(tmp_path, trackers=["tensorboard", "wandb"], log_every_steps=1, project_name="proj")
-    Trainer(tiny_bert(2, 32, seed=2), cfg, _distill(), ToyTask(48), teacher=tiny_bert(4, 48, seed=1),
+    cfg = toy_training(tmp_path / "run", trackers=["tensorboard", "wandb"], log_every_steps=1, project_name="proj")
+    Trainer(tiny_bert(2, 32, seed=2), cfg, toy_distillation(), ToyTask(48), teacher=tiny_bert(4, 48, seed=1),
             collate_fn=collate).train()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
@@ -159,7 +143,7 @@ def test_trackers_write_tensorboard_and_wandb_offline(tmp_path, monkeypatch):
 
 
 def test_supervised_strategy_needs_no_teacher(tmp_path):
-    result = Trainer(tiny_bert(2, 32), _training(tmp_path, max_steps=20, learning_rate=3e-3),
+    result = Trainer(tiny_bert(2, 32), toy_training(tmp_path / "run", max_steps=20, learning_rate=3e-3),
                      DistillationConfig(strategy="supervised"), ToyTask(64),
                      eval_data=ToyTask(64), collate_fn=collate).train()
     assert set(result["history"][-1]) == {"step", "train/loss", "train/hard_label", "train/lr"}
@@ -169,29 +153,30 @@ def test_supervised_strategy_needs_no_teacher(tmp_path):
 # ---- bad input --------------------------------------------------------------------------
 
 def _trainer(tmp_path, distill, teacher=None, student=None, **kw):
-    return Trainer(student or tiny_bert(2, 32, seed=2), _training(tmp_path, **kw), distill, ToyTask(16),
+    return Trainer(student or tiny_bert(2, 32, seed=2), toy_training(tmp_path / "run", **kw), distill, ToyTask(16),
                    teacher=teacher or tiny_bert(4, 48, seed=1), collate_fn=collate)
 
 
 def test_layer_index_out_of_range(tmp_path):
     with pytest.raises(FeatureError, match=r"hidden layer 9 is out of range.*0\.\.2"):
-        _trainer(tmp_path, _distill(matches=[Match(teacher_layer=4, student_layer=9, projection="linear")]))
+        _trainer(tmp_path, toy_distillation(matches=[Match(teacher_layer=4, student_layer=9, projection="linear")]))
 
 
 def test_feature_the_model_does_not_produce(tmp_path):
     match = Match(feature="module", teacher_module="bert.pooler", student_module="bert.nope", loss="hidden_mse")
     with pytest.raises(FeatureError, match="module 'bert.nope' not found"):
-        _trainer(tmp_path, _distill(matches=[match]))
+        _trainer(tmp_path, toy_distillation(matches=[match]))
 
 
 def test_hidden_sizes_differ_without_projection(tmp_path):
-    with pytest.raises(StrategyError, match=r"matches\[0\].*width 32 differs from teacher width 48.*projection: linear"):
-        _trainer(tmp_path, _distill(matches=[Match(teacher_layer=4, student_layer=2)])).train()
+    with pytest.raises(StrategyError,
+                       match=r"matches\[0\].*width 32 differs from teacher width 48.*projection: linear"):
+        _trainer(tmp_path, toy_distillation(matches=[Match(teacher_layer=4, student_layer=2)])).train()
 
 
 def test_logits_shapes_differ(tmp_path):
     with pytest.raises(StrategyError, match=r"logits shapes differ.*num_labels"):
-        _trainer(tmp_path, _distill(matches=[]), student=tiny_bert(2, 32, num_labels=3)).train()
+        _trainer(tmp_path, toy_distillation(matches=[]), student=tiny_bert(2, 32, num_labels=3)).train()
 
 
 def test_unknown_loss_lists_known_ones():
@@ -221,8 +206,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                 with torch.no_grad():
                     trainer.accelerator.unwrap_model(trainer.module).student.classifier.weight.fill_(float("nan"))
 
-    trainer = Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path, save_every_steps=2, max_steps=10),
-                      _distill(matches=[]), Poison(), teacher=tiny_bert(4, 48, seed=1), collate_fn=collate,
+    trainer = Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "run", save_every_steps=2, max_steps=10),
+                      toy_distillation(matches=[]), Poison(), teacher=tiny_bert(4, 48, seed=1), collate_fn=collate,
                       callbacks=[Break()])
     with pytest.raises(NonFiniteLossError, match=r"step 5 .*kd.*step_4"):
         trainer.train()
@@ -231,8 +216,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_resume_with_a_checkpoint_of_another_model(tmp_path):
-    _trainer(tmp_path, _distill(), save_every_steps=3).train()
-    other = _trainer(tmp_path, _distill(), student=tiny_bert(3, 32, seed=2), resume_from="latest")
+    _trainer(tmp_path, toy_distillation(), save_every_steps=3).train()
+    other = _trainer(tmp_path, toy_distillation(), student=tiny_bert(3, 32, seed=2), resume_from="latest")
     with pytest.raises(CheckpointError, match="does not match this run's model"):
         other.train()
 
@@ -241,7 +226,7 @@ def test_resume_from_incomplete_checkpoint_is_refused(tmp_path):
     partial = tmp_path / "run" / "checkpoints" / "step_3"
     partial.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
-        _trainer(tmp_path, _distill(), resume_from=str(partial)).train()
+        _trainer(tmp_path, toy_distillation(), resume_from=str(partial)).train()
 
 
 def test_eval_every_steps_with_user_metric_and_best_export(tmp_path):
@@ -251,8 +236,9 @@ def test_eval_every_steps_with_user_metric_and_best_export(tmp_path):
         seen.append(len(labels))
         return {"error_rate": float((predictions != labels).mean())}
 
-    cfg = _training(tmp_path, max_steps=6, eval_every_steps=2, metric_for_best="error_rate", greater_is_better=False)
-    trainer = Trainer(tiny_bert(2, 32, seed=2), cfg, _distill(), ToyTask(48), teacher=tiny_bert(4, 48, seed=1),
+    cfg = toy_training(tmp_path / "run", max_steps=6, eval_every_steps=2, metric_for_best="error_rate",
+                       greater_is_better=False)
+    trainer = Trainer(tiny_bert(2, 32, seed=2), cfg, toy_distillation(), ToyTask(48), teacher=tiny_bert(4, 48, seed=1),
                       eval_data=ToyTask(20, seed=4), collate_fn=collate, metric_fn=metric)
     result = trainer.train()
     assert seen == [20, 20, 20, 20]  # steps 2, 4, 6 and the final evaluation; every example counted once
@@ -269,11 +255,12 @@ def test_missing_labels_with_hard_label_weight(tmp_path):
         batch.pop("labels")
         return batch
 
-    trainer = Trainer(tiny_bert(2, 32), _training(tmp_path), _distill(matches=[]), unlabelled,
+    trainer = Trainer(tiny_bert(2, 32), toy_training(tmp_path / "run"), toy_distillation(matches=[]), unlabelled,
                       teacher=tiny_bert(4, 48), collate_fn=collate_unlabelled)
     with pytest.raises(StrategyError, match=r"hard_label_weight.*no `labels`.*hard_label_weight: 0"):
         trainer.train()
     # pure KD on unlabelled text works
-    result = Trainer(tiny_bert(2, 32), _training(tmp_path / "kd"), _distill(matches=[], hard_label_weight=0.0),
+    result = Trainer(tiny_bert(2, 32), toy_training(tmp_path / "kd" / "run"),
+                     toy_distillation(matches=[], hard_label_weight=0.0),
                      unlabelled, teacher=tiny_bert(4, 48), collate_fn=collate_unlabelled).train()
     assert set(result["history"][-1]) == {"step", "train/loss", "train/kd", "train/lr"}

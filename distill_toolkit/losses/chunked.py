@@ -6,21 +6,72 @@ log-softmaxes and gradients (several GB for a 50k vocabulary and a few thousand 
 and for each chunk of positions computes the two heads' logits, the divergence and its sum. Each
 chunk runs under activation checkpointing, so only the hidden states are kept for backward and the
 chunk's logits are recomputed there: peak memory holds one ``[chunk, vocab]`` block per model.
+
+The teacher side may also be given as rows that are already distributions (dense logits, or a
+top-k :class:`~distill_toolkit.losses.logits.SparseTeacher` read from a teacher cache), and a
+ZeRO-3-partitioned teacher head is gathered once per call by :func:`materialised_head`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from distill_toolkit.losses.logits import SparseTeacher
 from distill_toolkit.losses.registry import get
 
 
-def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T: Tensor,
-                  head_T: Callable[[Tensor], Tensor], *, loss: str = "forward_kl", temperature: float = 1.0,
+def _num_rows(x: Union[Tensor, SparseTeacher]) -> int:
+    return (x.logprobs if isinstance(x, SparseTeacher) else x).shape[0]
+
+
+def _slice(x: Union[Tensor, SparseTeacher], rows: slice):
+    if isinstance(x, SparseTeacher):
+        return SparseTeacher(*(None if t is None else t[rows] for t in x))
+    return x[rows]
+
+
+def _is_dtensor(x) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(x, DTensor)
+
+
+@contextmanager
+def materialised_head(head: nn.Module) -> Iterator[Callable[[Tensor], Tensor]]:
+    """``head`` itself, or, when DeepSpeed ZeRO-3 or FSDP2 shards its parameters, a function over a full copy.
+
+    A sharded head holds only its shard outside its owner's forward, and the chunked loss calls it
+    a varying number of times per rank (once per chunk, again in backward). So its parameters are
+    gathered once, here, on every rank together (a collective: call it once per micro-batch on all
+    ranks), and copied, so that the recomputation in backward still finds them.
+    """
+    params = list(head.parameters())
+    if any(_is_dtensor(p) for p in params):  # FSDP2: a sharded DTensor between forwards
+        with torch.no_grad():
+            full = {name: p.full_tensor() if _is_dtensor(p) else p.detach() for name, p in head.named_parameters()}
+        yield lambda hidden: torch.nn.functional.linear(hidden, full["weight"], full.get("bias"))
+        return
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield head
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        weight = head.weight.detach().clone()
+        bias = getattr(head, "bias", None)
+        bias = None if bias is None else bias.detach().clone()
+    yield lambda hidden: torch.nn.functional.linear(hidden, weight, bias)
+
+
+def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T: Union[Tensor, SparseTeacher],
+                  head_T: Optional[Callable[[Tensor], Tensor]], *, loss: str = "forward_kl", temperature: float = 1.0,
                   chunk_size: int = 1024, labels: Optional[Tensor] = None, **loss_kwargs) -> tuple[Tensor, Tensor]:
     """Sum over positions of ``loss(head_S(hidden_S), head_T(hidden_T))``, chunk by chunk.
 
@@ -28,7 +79,8 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
         hidden_S, hidden_T: ``(N, H_S)`` and ``(N, H_T)`` rows, already restricted to the positions
             that count (e.g. completion tokens, shifted for next-token prediction).
         head_S, head_T: the output heads (e.g. ``model.get_output_embeddings()``). The teacher's
-            runs without gradients.
+            runs without gradients. ``head_T=None``: ``hidden_T`` already holds the teacher's
+            distribution per row, as logits ``(N, V)`` or a top-k ``SparseTeacher`` (teacher cache).
         loss: a logits loss from the registry (``forward_kl``, ``reverse_kl``, ``jsd``, ...).
         labels: optional ``(N,)`` target ids; then the student's cross-entropy sum is returned too.
         loss_kwargs: passed to the loss (e.g. ``beta`` for ``jsd``, ``top_k``).
@@ -37,15 +89,18 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
         ``(kd_sum, ce_sum)``: sums over the ``N`` rows (``ce_sum`` is 0 without labels). Divide by
         the number of tokens of the whole batch (all micro-batches and ranks) for the mean.
     """
-    if hidden_S.shape[0] != hidden_T.shape[0]:
-        raise ValueError(f"chunked_lm_kd: student has {hidden_S.shape[0]} rows and teacher {hidden_T.shape[0]}; "
+    if hidden_S.shape[0] != _num_rows(hidden_T):
+        raise ValueError(f"chunked_lm_kd: student has {hidden_S.shape[0]} rows and teacher {_num_rows(hidden_T)}; "
                          "both must be the same positions")
     loss_fn = get(loss)
 
-    def chunk_loss(h_S: Tensor, h_T: Tensor, y: Optional[Tensor]) -> Tensor:
+    def chunk_loss(h_S: Tensor, h_T, y: Optional[Tensor]) -> Tensor:
         logits_S = head_S(h_S).float()
-        with torch.no_grad():
-            logits_T = head_T(h_T).float()
+        if head_T is None:
+            logits_T = h_T if isinstance(h_T, SparseTeacher) else h_T.float()
+        else:
+            with torch.no_grad():
+                logits_T = head_T(h_T).float()
         value = loss_fn(logits_S, logits_T, temperature, **loss_kwargs) * h_S.shape[0]
         ce = (torch.nn.functional.cross_entropy(logits_S, y, reduction="sum") if y is not None
               else logits_S.new_zeros(()))
@@ -56,7 +111,7 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
         rows = slice(start, start + chunk_size)
         y = labels[rows] if labels is not None else None
         if torch.is_grad_enabled() and hidden_S.requires_grad:
-            total = total + checkpoint(chunk_loss, hidden_S[rows], hidden_T[rows], y, use_reentrant=False)
+            total = total + checkpoint(chunk_loss, hidden_S[rows], _slice(hidden_T, rows), y, use_reentrant=False)
         else:
-            total = total + chunk_loss(hidden_S[rows], hidden_T[rows], y)
+            total = total + chunk_loss(hidden_S[rows], _slice(hidden_T, rows), y)
     return total[0], total[1]

@@ -15,19 +15,51 @@ same update as one big batch.
 Memory: the models are asked for no full-vocabulary logits (``logits_to_keep=1``, no ``labels``);
 the final hidden states are captured by a hook on the output head and the KD is computed
 ``chunk_size`` positions at a time (:func:`~distill_toolkit.losses.chunked.chunked_lm_kd`).
+
+Teacher sources: a teacher model (replicated, offloaded, FSDP- or ZeRO-3-sharded: a partitioned
+output head is gathered once per micro-batch), or a teacher cache (dense or top-k log-probabilities
+of the shifted positions; no teacher forward at all).
+
+On-policy distillation (GKD, Agarwal et al. 2024): with ``strategy_options.lmbda = p``, a fraction
+``p`` of the micro-batches is replaced, before the teacher runs, by the student's own completions
+of the batch's prompts (the ``-100``-labelled prefix of each example); the teacher scores them and
+the loss covers the generated tokens only. Which micro-batches go on-policy is drawn from a
+generator seeded by ``(training.seed, epoch, micro-batch)``, so every rank decides alike (and a
+resumed run decides as the uninterrupted one); each rank samples from its own prompts.
+
+``strategy_options`` (all optional):
+
+- ``lmbda`` (0): fraction of micro-batches trained on the student's samples.
+- ``max_new_tokens`` (32): tokens sampled per prompt on those batches.
+- ``generation_temperature`` (1.0): sampling temperature; 0 decodes greedily.
+- ``chunk_size`` (1024): positions per chunk of the KD loss.
 """
 
 from __future__ import annotations
 
-import torch
+import hashlib
+import math
+from typing import Optional
 
-from distill_toolkit.features import ModelView
-from distill_toolkit.losses.chunked import chunked_lm_kd
+import torch
+from torch import nn
+
+from distill_toolkit.config import ConfigError
+from distill_toolkit.data.lm import generate_completions, lm_batch, max_positions, prompts_of
+from distill_toolkit.features import ModelView, unwrap
+from distill_toolkit.losses import SparseTeacher
+from distill_toolkit.losses.chunked import chunked_lm_kd, materialised_head
 from distill_toolkit.schedulers import scheduled_weight
 from distill_toolkit.strategies.base import StrategyError, register_strategy
-from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys
+from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys, select_rows
 
 HEAD_INPUT = "head_input"
+OPTIONS = {"lmbda": 0.0, "max_new_tokens": 32, "generation_temperature": 1.0, "chunk_size": 1024}
+CROSS_TOKENIZER = ("Fix: use a student that shares the teacher's tokenizer (e.g. built from the teacher's layers, "
+                   "student_from_teacher). Token-level KD compares distributions over the same classes; the "
+                   "cross-tokenizer route (DualTokenizerCollator, distill_toolkit/data/dual.py, see "
+                   "docs/collators.md) aligns positions across tokenizers for hidden-state and attention matches "
+                   "(strategy 'single', kd_loss_weight: 0), not for LM logits")
 
 
 def _student_inputs(batch: dict) -> dict:
@@ -47,11 +79,66 @@ def next_token_targets(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, targets.masked_fill(~mask, 0)
 
 
+def _draw(key: tuple) -> float:
+    """A uniform number in [0, 1) that depends on ``key`` alone (same on every rank, same after resume)."""
+    seed = int(hashlib.sha256(repr(tuple(key)).encode()).hexdigest()[:15], 16)
+    return float(torch.rand((), generator=torch.Generator().manual_seed(seed)))
+
+
+def _pad_id(model: nn.Module) -> int:
+    """A token id to pad generated batches with (masked out; it only has to be a valid index)."""
+    model = unwrap(model)
+    for config in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        for name in ("pad_token_id", "eos_token_id"):
+            value = getattr(config, name, None)
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            if isinstance(value, int) and value >= 0:
+                return value
+    return 0
+
+
 @register_strategy("causal_lm")
 class CausalLMDistillation(SingleTeacher):
-    """Next-token KD between decoder LMs with a shared vocabulary."""
+    """Next-token KD between decoder LMs with a shared vocabulary; optionally on the student's own samples."""
 
-    chunk_size = 1024
+    def __init__(self, config):
+        super().__init__(config)
+        options = self.check_options(self.options)
+        self.lmbda = options["lmbda"]
+        self.max_new_tokens = options["max_new_tokens"]
+        self.generation_temperature = options["generation_temperature"]
+        self.chunk_size = options["chunk_size"]
+        self.on_policy = False  # whether the current micro-batch holds the student's samples
+
+    @staticmethod
+    def check_options(options: dict, where: str = "distillation.strategy_options") -> dict:
+        """``options`` completed with the defaults; a :class:`ConfigError` naming the bad field otherwise."""
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", "unknown option of strategy 'causal_lm'",
+                              f"use one of {', '.join(OPTIONS)}")
+        out = {**OPTIONS, **options}
+
+        def number(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def integer(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not (number(out["lmbda"]) and 0 <= out["lmbda"] <= 1):
+            raise ConfigError(f"{where}.lmbda", f"must be a fraction in [0, 1], got {out['lmbda']!r}",
+                              "set e.g. `lmbda: 0.5` (half the batches on the student's samples), or 0 for none")
+        if not (integer(out["max_new_tokens"]) and out["max_new_tokens"] > 0):
+            raise ConfigError(f"{where}.max_new_tokens", f"must be a positive integer, got {out['max_new_tokens']!r}",
+                              "set e.g. `max_new_tokens: 32`")
+        if not (number(out["generation_temperature"]) and out["generation_temperature"] >= 0):
+            raise ConfigError(f"{where}.generation_temperature",
+                              f"must be a number >= 0, got {out['generation_temperature']!r}",
+                              "set e.g. `generation_temperature: 1.0` (0 decodes greedily)")
+        if not (integer(out["chunk_size"]) and out["chunk_size"] > 0):
+            raise ConfigError(f"{where}.chunk_size", f"must be a positive integer, got {out['chunk_size']!r}",
+                              "set e.g. `chunk_size: 1024`")
+        return out
 
     def feature_keys(self) -> dict[str, list[str]]:
         keys = super().feature_keys()
@@ -60,15 +147,63 @@ class CausalLMDistillation(SingleTeacher):
     def forward_overrides(self, role: str) -> dict:
         return {"labels": None, "logits_to_keep": 1, "use_cache": False}
 
+    # ---- before any forward: length checks, on-policy generation -------------------------
+    def prepare_batch(self, batch: dict, student: nn.Module, teachers: dict, key: Optional[tuple] = None) -> dict:
+        """Check ``batch`` against the models' position limits, and on on-policy draws replace its
+        completions by the student's samples (prompt and padding masked). ``key`` identifies the
+        micro-batch identically on every rank; ``None`` (the probe batch) never generates."""
+        inputs = _student_inputs(batch)
+        limit, owner = self._position_limit(student, teachers)
+        self._check_length(inputs["input_ids"].shape[1], limit, owner, "a batch")
+        self.on_policy = key is not None and self.lmbda > 0 and _draw(key) < self.lmbda
+        if not self.on_policy:
+            return batch
+        if batch.get("teacher_cache"):
+            raise StrategyError("distillation.strategy_options.lmbda > 0 generates new text, which a teacher cache "
+                                "holds no outputs for. Fix: train with the teacher model online, or set lmbda: 0")
+        prompts = prompts_of(inputs)
+        self._check_length(max(map(len, prompts)) + self.max_new_tokens, limit, owner,
+                           "the longest prompt + strategy_options.max_new_tokens")
+        pad = _pad_id(student)
+        completions = generate_completions(student, prompts, max_new_tokens=self.max_new_tokens,
+                                           temperature=self.generation_temperature, pad_token_id=pad)
+        device = inputs["input_ids"].device
+        generated = {k: v.to(device) for k, v in lm_batch(list(zip(prompts, completions)), pad).items()}
+        return {**{k: v for k, v in batch.items() if k in ("task", "id")}, **generated}
+
+    @staticmethod
+    def _position_limit(student: nn.Module, teachers: dict) -> tuple[Optional[int], str]:
+        limits = [(max_positions(m), role) for role, m in [("student", student), *teachers.items()] if m is not None]
+        limits = [(n, role) for n, role in limits if n is not None]
+        return min(limits) if limits else (None, "")
+
+    @staticmethod
+    def _check_length(length: int, limit: Optional[int], owner: str, what: str) -> None:
+        if limit is not None and length > limit:
+            raise StrategyError(
+                f"{what} has {length} positions but the {owner} accepts at most {limit} (max_position_embeddings). "
+                "Fix: lower the tokenizer/collator max_length (data.max_length; CausalLMCollator(max_length=...)) "
+                "or strategy_options.max_new_tokens so that prompt + completion fit")
+
+    # ---- setup: vocabularies, teacher source, projections ---------------------------------
     def setup(self, student: ModelView, teachers: dict[str, ModelView]) -> None:
         teacher = teachers["teacher"]
-        vocab_S = student.model.get_output_embeddings().out_features
-        vocab_T = teacher.model.get_output_embeddings().out_features
+        vocab_S = unwrap(student.model).get_output_embeddings().out_features
+        if teacher.model is not None:
+            vocab_T = unwrap(teacher.model).get_output_embeddings().out_features
+        elif isinstance(teacher.logits[0], SparseTeacher):  # top-k cache: the largest class index it names
+            top = int(teacher.logits[0].indices.max()) + 1
+            vocab_T = vocab_S if top <= vocab_S else f"at least {top}"
+        else:
+            vocab_T = teacher.logits[0].shape[-1]
         if vocab_S != vocab_T:
             raise StrategyError(
                 f"student vocabulary ({vocab_S}) differs from the teacher's ({vocab_T}): token-level KD needs the "
-                "same vocabulary. Fix: use a student that shares the teacher's tokenizer, or separate "
-                "student/teacher batches with the cross-tokenizer collator")
+                f"same vocabulary. {CROSS_TOKENIZER}")
+        if teacher.model is None and self.lmbda > 0:
+            raise StrategyError("distillation.strategy_options.lmbda > 0 needs the teacher model to score the "
+                                "student's samples; a teacher cache only holds outputs for the data set. "
+                                "Fix: pass the teacher model, or set lmbda: 0")
         self.projections = torch.nn.ModuleList(
             self._build_projection(i, m, student, teacher) for i, m in enumerate(self.config.matches))
 
@@ -83,14 +218,22 @@ class CausalLMDistillation(SingleTeacher):
         mask, targets = next_token_targets(inputs)
         n = max(int(mask.sum()), 1)
         hidden_S = student.features[HEAD_INPUT][:, :-1][mask]
-        hidden_T = teacher.features[HEAD_INPUT][:, :-1][mask]
-        kd_sum, ce_sum = chunked_lm_kd(
-            hidden_S, student.model.get_output_embeddings(), hidden_T, teacher.model.get_output_embeddings(),
-            loss=cfg.kd_loss, temperature=cfg.temperature, chunk_size=self.chunk_size,
-            labels=targets[mask] if cfg.hard_label_weight > 0 else None, **cfg.kd_loss_kwargs)
+        head_S = unwrap(student.model).get_output_embeddings()
+        # the student's own samples are no ground truth: on-policy batches get no hard-label term
+        hard = cfg.hard_label_weight > 0 and not self.on_policy
+        kwargs = dict(loss=cfg.kd_loss, temperature=cfg.temperature, chunk_size=self.chunk_size,
+                      labels=targets[mask] if hard else None, **cfg.kd_loss_kwargs)
+        if HEAD_INPUT in teacher.features:  # a teacher model: its head runs on its final hidden states
+            hidden_T = teacher.features[HEAD_INPUT][:, :-1][mask]
+            with materialised_head(unwrap(teacher.model).get_output_embeddings()) as head_T:
+                kd_sum, ce_sum = chunked_lm_kd(hidden_S, head_S, hidden_T, head_T, **kwargs)
+        else:  # a teacher cache: (top-k) distributions of the shifted positions, read from the batch
+            kd_sum, ce_sum = chunked_lm_kd(hidden_S, head_S, select_rows(teacher.logits[0], mask), None, **kwargs)
         terms = {"kd": kd_sum.detach() / n}
+        if self.lmbda > 0:
+            terms["on_policy"] = torch.tensor(float(self.on_policy), device=kd_sum.device)
         total = scheduled_weight(cfg.kd_loss_weight_schedule, cfg.kd_loss_weight, progress) * kd_sum
-        if cfg.hard_label_weight > 0:
+        if hard:
             terms["hard_label"] = ce_sum.detach() / n
             total = total + scheduled_weight(cfg.hard_label_weight_schedule, cfg.hard_label_weight, progress) * ce_sum
         for match, loss_fn, proj in zip(cfg.matches, self.match_losses, self.projections):
