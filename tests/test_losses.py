@@ -294,6 +294,28 @@ def test_jsd_beta_matches_reference(beta):
     assert_close(L.jsd(S, T, 1.5, beta=beta), _reference("jsd", S, T, 1.5, beta=beta))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_forward_kl_is_soft_cross_entropy_minus_teacher_entropy(temperature):
+    """KL(p_T || p_S) = CE(p_T, p_S) - H(p_T), on the real positions of labels with -100 (T^2 scaling on/off)."""
+    S = _randn(2, 6, 11, seed=90, scale=3, dtype=torch.float64)
+    T = _randn(2, 6, 11, seed=91, scale=3, dtype=torch.float64)
+    labels = torch.tensor([[4, 2, -100, 7, -100, 1], [-100, 0, 3, 3, 9, -100]])
+    keep = labels != -100
+    log_p_T = torch.log_softmax(T / temperature, -1)[keep]
+    log_p_S = torch.log_softmax(S / temperature, -1)[keep]
+    p_T = log_p_T.exp()
+    soft_ce = -(p_T * log_p_S).sum(-1).mean()            # what TextBrewer's kd_ce computes
+    entropy = -(p_T * log_p_T).sum(-1).mean()
+    assert_close(L.kd_ce(S[keep], T[keep], temperature), soft_ce)
+    assert_close(L.forward_kl(S, T, temperature, mask=keep), soft_ce - entropy)
+    assert_close(L.forward_kl(S, T, temperature, mask=keep, t2_scaling=True), temperature ** 2 * (soft_ce - entropy))
+    # the gradient with respect to the student is the same: the entropy term is constant
+    S1, S2 = S.clone().requires_grad_(), S.clone().requires_grad_()
+    L.forward_kl(S1, T, temperature, mask=keep).backward()
+    L.kd_ce(S2[keep], T[keep], temperature).backward()
+    assert_close(S1.grad, S2.grad)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.1, 0.7, 1.0])
 def test_skew_kl_alpha_matches_reference(alpha):
     S, T = _randn(4, 8, seed=67, dtype=torch.float64), _randn(4, 8, seed=68, dtype=torch.float64)
