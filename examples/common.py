@@ -193,6 +193,29 @@ def command_line(script: str, fn, values: dict) -> str:
     return " ".join(parts)
 
 
+def task_parser(doc: str, run):
+    """The command line shared by the task examples (ner.py, multi_label.py): one flag per argument of
+    ``run`` that both have; unset flags keep ``run``'s defaults (listed by ``--help``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0], argument_default=argparse.SUPPRESS,
+                                     epilog=defaults_epilog(run))
+    parser.add_argument("--output-dir")
+    parser.add_argument("--epochs", type=float, help="epochs of each student")
+    parser.add_argument("--teacher-epochs", type=float)
+    parser.add_argument("--steps", type=int, help="cap each student at this many steps")
+    parser.add_argument("--teacher-steps", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--teacher-learning-rate", type=float)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--hard-label-weight", type=float)
+    parser.add_argument("--hidden-weight", type=float, help="weight of each hidden-state match")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--seed", type=int)
+    return parser
+
+
 def defaults_epilog(fn) -> str:
     """A ``--help`` epilog listing ``fn``'s default arguments (the flags of an example mirror them)."""
     import inspect

@@ -28,7 +28,6 @@ over the six labels (``distill_toolkit.metrics.multi_label_f1``).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -120,23 +119,9 @@ def run(output_dir: str = "outputs/examples", epochs: float = 2.0, teacher_epoch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS,
-                                     epilog=common.defaults_epilog(run))
-    parser.add_argument("--output-dir")
-    parser.add_argument("--epochs", type=float, help="epochs of each student")
-    parser.add_argument("--teacher-epochs", type=float)
-    parser.add_argument("--steps", type=int, help="cap each student at this many steps")
-    parser.add_argument("--teacher-steps", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--teacher-learning-rate", type=float)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--hard-label-weight", type=float)
-    parser.add_argument("--hidden-weight", type=float, help="weight of each hidden-state match")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--max-length", type=int)
+    parser = common.task_parser(__doc__, run)
     parser.add_argument("--per-domain", type=int, help="sentences per domain before the split")
     parser.add_argument("--quick", action="store_true", help="50 sentences per domain, 20 student / 30 teacher steps")
-    parser.add_argument("--seed", type=int)
     rows = run(**vars(parser.parse_args()))
     common.print_rows(rows)
     print(json.dumps({"rows": rows}))
