@@ -28,24 +28,27 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def _load_offline(auto_class, path: str, attn_implementation: Optional[str], **config_kwargs) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` on a local folder (or builtin name), offline, with config overrides."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return auto_class.from_pretrained(path, config=config, **kwargs)
+
+
 def load_classifier(path: str, num_labels: int = 2, attn_implementation: Optional[str] = None,
                     config_overrides: Optional[dict] = None) -> PreTrainedModel:
     """A sequence classifier from a local folder, offline (no hub access)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = resolve_model_path(path)
-    config = AutoConfig.from_pretrained(path, num_labels=num_labels, **(config_overrides or {}))
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
+    return _load_offline(AutoModelForSequenceClassification, path, attn_implementation, num_labels=num_labels,
+                         **(config_overrides or {}))
 
 
 def load_token_classifier(path: str, num_labels: int, attn_implementation: Optional[str] = None,
                           config_overrides: Optional[dict] = None) -> PreTrainedModel:
     """A token classifier (e.g. for NER) from a local folder, offline; the head is new unless saved there."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = resolve_model_path(path)
-    config = AutoConfig.from_pretrained(path, num_labels=num_labels, **(config_overrides or {}))
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForTokenClassification.from_pretrained(path, config=config, **kwargs)
+    return _load_offline(AutoModelForTokenClassification, path, attn_implementation, num_labels=num_labels,
+                         **(config_overrides or {}))
 
 
 def load_tokenizer(path: str):
@@ -120,11 +123,7 @@ def load_causal_lm(path: str, attn_implementation: Optional[str] = None,
     """A causal LM (``AutoModelForCausalLM``: Llama, GPT-2, ...) from a local folder, offline."""
     from transformers import AutoModelForCausalLM
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = resolve_model_path(path)
-    config = AutoConfig.from_pretrained(path, **(config_overrides or {}))
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+    return _load_offline(AutoModelForCausalLM, path, attn_implementation, **(config_overrides or {}))
 
 
 class GGUFError(ValueError):

@@ -222,3 +222,20 @@ def defaults_epilog(fn) -> str:
 
     return "defaults: " + ", ".join(f"--{name.replace('_', '-')} {p.default}" for name, p in
                                     inspect.signature(fn).parameters.items() if p.default not in (None, False))
+
+
+def student_pair_rows(teacher, layers: list[int], kd: DistillationConfig, train, row) -> list[dict]:
+    """Rows of the two students built from ``teacher``'s ``layers`` (word embeddings frozen): distilled
+    with ``kd``, and trained on the labels alone for the same steps. ``train(model, name, distill,
+    teacher=...)`` runs one; ``row(label, model, distilled, **extra)`` measures it."""
+    from distill_toolkit.models import student_from_teacher
+
+    rows = []
+    for label, distill, t in [(f"student {len(layers)} blocks, distilled", kd, teacher),
+                              (f"student {len(layers)} blocks, no teacher", DistillationConfig(strategy="supervised"),
+                               None)]:
+        student = freeze_word_embeddings(student_from_teacher(teacher, layers))
+        with Timer() as timer:
+            result = train(student, distill.strategy, distill, teacher=t)
+        rows.append(row(label, student, t is not None, steps=result["global_step"], train_s=round(timer.seconds)))
+    return rows

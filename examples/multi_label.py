@@ -43,7 +43,7 @@ from ner import hidden_matches  # noqa: E402
 from distill_toolkit import DistillationConfig, Trainer  # noqa: E402
 from distill_toolkit.data import load_sentiment, tokenize_classification  # noqa: E402
 from distill_toolkit.metrics import multi_label_f1  # noqa: E402
-from distill_toolkit.models import load_classifier, load_tokenizer, student_from_teacher  # noqa: E402
+from distill_toolkit.models import load_classifier, load_tokenizer  # noqa: E402
 
 DOMAINS = {"movies": "is_movie", "tweets": "is_tweet", "amazon": "is_amazon", "nyt": "is_nyt"}
 LABELS = [*DOMAINS.values(), "positive", "strong"]
@@ -109,13 +109,7 @@ def run(output_dir: str = "outputs/examples", epochs: float = 2.0, teacher_epoch
     layers = [1, 3, 5]
     kd = DistillationConfig(strategy="single", kd_loss="multilabel_kd", temperature=temperature,
                             hard_label_weight=hard_label_weight, matches=hidden_matches(layers, hidden_weight))
-    for label, distill, t in [("student 3 blocks, distilled", kd, teacher),
-                              ("student 3 blocks, no teacher", DistillationConfig(strategy="supervised"), None)]:
-        student = common.freeze_word_embeddings(student_from_teacher(teacher, layers))
-        with common.Timer() as timer:
-            result = train(student, distill.strategy, distill, teacher=t)
-        rows.append(row(label, student, t is not None, steps=result["global_step"], train_s=round(timer.seconds)))
-    return rows
+    return rows + common.student_pair_rows(teacher, layers, kd, train, row)
 
 
 def main() -> None:

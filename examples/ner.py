@@ -33,7 +33,7 @@ import common  # noqa: E402
 from distill_toolkit import DistillationConfig, Match, Trainer  # noqa: E402
 from distill_toolkit.data import load_twitter_ner, tokenize_token_classification  # noqa: E402
 from distill_toolkit.metrics import entity_f1  # noqa: E402
-from distill_toolkit.models import load_token_classifier, load_tokenizer, student_from_teacher  # noqa: E402
+from distill_toolkit.models import load_token_classifier, load_tokenizer  # noqa: E402
 
 METRIC = "entity_f1"
 
@@ -103,14 +103,7 @@ def run(output_dir: str = "outputs/examples", epochs: float = 4.0, teacher_epoch
     layers = list(range(1, teacher.config.num_hidden_layers, 2))  # 1, 3, 5 of 6
     kd = DistillationConfig(strategy="single", temperature=temperature, hard_label_weight=hard_label_weight,
                             matches=hidden_matches(layers, hidden_weight))
-    alone = DistillationConfig(strategy="supervised")
-    for label, distill, t in [(f"student {len(layers)} blocks, distilled", kd, teacher),
-                              (f"student {len(layers)} blocks, no teacher", alone, None)]:
-        student = common.freeze_word_embeddings(student_from_teacher(teacher, layers))
-        with common.Timer() as timer:
-            result = train(student, distill.strategy, distill, teacher=t)
-        rows.append(row(label, student, t is not None, steps=result["global_step"], train_s=round(timer.seconds)))
-    return rows
+    return rows + common.student_pair_rows(teacher, layers, kd, train, row)
 
 
 def main() -> None:
