@@ -21,9 +21,11 @@ demo: setup
 	$(PY) examples/quickstart.py
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests
 
 test-fast: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests -m "not slow and not distributed"
 
 clean:

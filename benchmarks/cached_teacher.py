@@ -41,7 +41,8 @@ import torch
 
 from distill_toolkit import Callback, DistillationConfig, Trainer, TrainingConfig, losses
 from distill_toolkit.data import PaddingCollator, load_sentiment, minilm_dir, tokenize_classification
-from distill_toolkit.data.teacher_cache import TeacherCacheCollator, build_teacher_cache, cached_view, with_ids
+from distill_toolkit.data.cache import TeacherCacheCollator, cached_view, with_ids
+from distill_toolkit.teachers import build_teacher_cache
 
 MODES = ("online", "cached", "plain")
 TOPK = (8, 32, 128)
@@ -73,7 +74,7 @@ def timed_run(mode: str, data, collate, cache, epochs: int, batch_size: int, out
     clock = StepClock()
     training = TrainingConfig(output_dir=str(out / mode), num_epochs=epochs, batch_size=batch_size,
                               learning_rate=5e-5, trackers=[], progress_bar=False, eval_every_epochs=None,
-                              seed=0, max_grad_norm=None)
+                              seed=0, max_grad_norm=None, overwrite=True)
     if mode == "plain":
         dist, given = DistillationConfig(strategy="supervised"), None
     else:
@@ -164,7 +165,7 @@ def _noisy(model, scale: float, seed: int = 0):
 
 def topk(args, out: Path) -> dict:
     from distill_toolkit.data.sources import smollm2_gguf
-    from distill_toolkit.engine.teachers import TeacherRunner
+    from distill_toolkit.teachers import TeacherRunner
     from distill_toolkit.models import load_gguf_causal_lm, student_from_teacher
 
     teacher, tokenizer = load_gguf_causal_lm(smollm2_gguf())

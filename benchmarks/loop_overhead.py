@@ -90,7 +90,8 @@ def time_toolkit(teacher, student, batches, lr=1e-4) -> list[float]:
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         training = TrainingConfig(output_dir=out, max_steps=len(batches), learning_rate=lr, max_grad_norm=None,
-                                  trackers=[], progress_bar=False, eval_every_epochs=None, lr_scheduler="constant")
+                                  trackers=[], progress_bar=False, eval_every_epochs=None, lr_scheduler="constant",
+                                  overwrite=True)
         distillation = DistillationConfig(temperature=4, hard_label_weight=1.0, matches=[
             Match(teacher_layer=t, student_layer=s, loss="hidden_mse") for t, s in MATCHES])
         loader = DataLoader(batches, batch_size=None, shuffle=False)

@@ -135,14 +135,15 @@ def row_overrides(row: Row, profile: str, out: Path) -> list[str]:
 
 
 def row_command(row: Row, overrides: list[str]) -> str:
-    program = ("distill-toolkit train" if row.runner == "cli" else "python examples/bigru_sentiment.py")
+    program = ("distill-toolkit train --overwrite" if row.runner == "cli" else
+               "python examples/bigru_sentiment.py")  # --overwrite: a rerun replaces the row's earlier run
     return " ".join([program, str(CONFIGS / row.config)] + [f"--set {shlex.quote(o)}" for o in overrides])
 
 
 def load_row_config(row: Row, overrides: list[str]):
     from distill_toolkit.cli import load_experiment
 
-    return load_experiment(str(ROOT / CONFIGS / row.config), overrides)
+    return load_experiment(str(ROOT / CONFIGS / row.config), overrides + ["training.overwrite=true"])
 
 
 def train_row(row: Row, overrides: list[str]) -> dict:

@@ -38,10 +38,11 @@ def _worker(args) -> None:
 
     from distill_toolkit import TrainingConfig
     from distill_toolkit.engine.accelerator import build_accelerator
-    from distill_toolkit.engine.placement import build_teacher, held_parameter_bytes, place_teacher
-    from distill_toolkit.engine.teachers import freeze
+    from distill_toolkit.teachers.placement import build_teacher, place_teacher
+    from distill_toolkit.utils.shards import held_parameter_bytes
+    from distill_toolkit.teachers import freeze
 
-    training = TrainingConfig(output_dir=args.scratch, trackers=[], progress_bar=False, batch_size=4,
+    training = TrainingConfig(output_dir=args.scratch, trackers=[], progress_bar=False, batch_size=4, overwrite=True,
                               teacher_placement=args.placement,
                               deepspeed_config=str(ROOT / "ds_configs" / "zero2.json")
                               if args.placement == "zero3" else None)

@@ -1,10 +1,9 @@
-"""Taking what a model produces: logits from Hugging Face outputs, features by forward hooks.
+"""Taking what a model produces: the :class:`ModelView` a strategy reads, and features by forward hooks.
 
-Two halves:
-
-- :func:`view_outputs` turns a model's raw output into a :class:`ModelView` (logits, the mask
-  of positions that count, the model's own loss, labels, input mask) for the common
-  Hugging Face heads, or through a user adaptor ``(batch, outputs) -> dict``.
+- :class:`ModelView` holds logits, the mask of positions that count, the model's own loss,
+  labels, the input mask and captured features. Each task reads a Hugging Face output into one
+  (:meth:`distill_toolkit.tasks.Task.read_outputs`); :func:`view_from_adaptor` reads a user
+  adaptor's dict ``(batch, outputs) -> dict`` instead.
 - :class:`FeatureCapture` registers forward hooks on exactly the modules that the
   configured matches read (one hidden state or attention map per match, not all layers),
   so no model code is edited and no ``output_hidden_states`` run is needed.
@@ -17,16 +16,17 @@ of block 0; ``i >= 1`` the output of block ``i - 1``, as Hugging Face numbers
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from distill_toolkit.config import TASKS
 
 Adaptor = Callable[[Any, Any], dict]
+#: feature key of the final hidden states (the input of the output head), for causal-LM KD
+HEAD_INPUT = "head_input"
 
 _ATTENTION_NAMES = ("attention", "self_attn", "attn", "self_attention", "SelfAttention")
 _LAYER_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
@@ -59,6 +59,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = inner
         else:
             return model
+
+
+def max_positions(model: nn.Module) -> Optional[int]:
+    """The longest sequence ``model`` accepts (``max_position_embeddings`` / ``n_positions``), or None."""
+    config = getattr(unwrap(model), "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -197,89 +207,13 @@ class FeatureCapture:
         self._handles = []
 
 
-def detect_task(model: nn.Module) -> str:
-    """Guess the task from a Hugging Face model class (``...ForSequenceClassification`` etc.)."""
-    model = unwrap(model)
-    name = type(model).__name__
-    if "QuestionAnswering" in name:
-        return "question_answering"
-    if "TokenClassification" in name:
-        return "token_classification"
-    if "CausalLM" in name:
-        return "causal_lm"
-    if "MaskedLM" in name:
-        return "masked_lm"
-    if "SequenceClassification" in name:
-        problem = getattr(getattr(model, "config", None), "problem_type", None)
-        return "multilabel_classification" if problem == "multi_label_classification" else "sequence_classification"
-    if name in _causal_lm_class_names():  # GPT2LMHeadModel, BertLMHeadModel, XLNetLMHeadModel ...
-        return "causal_lm"
-    return "auto"
-
-
-@lru_cache(maxsize=1)
-def _causal_lm_class_names() -> frozenset:
-    """Class names Hugging Face's ``AutoModelForCausalLM`` maps to, minus those also masked LMs (XLM)."""
+def accepts_task(model) -> bool:
+    """Whether ``model.forward`` takes a ``task`` keyword (multi-head models do)."""
     try:
-        from transformers.models.auto import modeling_auto as auto
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return frozenset()
-
-    def names(mapping) -> set:
-        out = set()
-        for value in mapping.values():
-            out.update(value if isinstance(value, (list, tuple)) else [value])
-        return out
-
-    return frozenset(names(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - names(auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES))
-
-
-def _get(obj, key):
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def view_outputs(outputs: Any, batch: dict, task: str) -> ModelView:
-    """Read logits, masks, loss and labels from a Hugging Face model output.
-
-    Masks: token-level tasks count positions whose label is not ``-100`` (or, without
-    labels, the non-padding positions); causal LMs shift by one so position ``t`` predicts
-    token ``t + 1``; extractive QA sets padded positions of the start/end logits to a large
-    negative value so they get no probability.
-    """
-    if task not in TASKS:
-        raise ValueError(f"task {task!r} unknown; use one of {TASKS}")
-    labels = batch.get("labels") if isinstance(batch, dict) else None
-    inputs_mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-    view = ModelView(loss=_get(outputs, "loss"), labels=labels, inputs_mask=inputs_mask, raw=outputs)
-    start = _get(outputs, "start_logits")
-    if task == "question_answering" or (task == "auto" and start is not None):
-        logits = [start, _get(outputs, "end_logits")]
-        if inputs_mask is not None:
-            logits = [lg.masked_fill(inputs_mask == 0, -1e4) for lg in logits]
-        view.logits = logits
-        return view
-    logits = _get(outputs, "logits")
-    if logits is None:
-        raise FeatureError(f"model output {type(outputs).__name__} has no `logits`; pass a custom adaptor")
-    if task == "auto":
-        task = "sequence_classification" if logits.dim() == 2 else "token_classification"
-    if task == "causal_lm":
-        logits = logits[:, :-1]
-        mask = inputs_mask[:, 1:].bool() if inputs_mask is not None else None
-        if labels is not None:
-            shifted = labels[:, 1:] != -100
-            mask = shifted if mask is None else mask & shifted
-        view.logits, view.logits_mask = [logits], mask
-        return view
-    view.logits = [logits]
-    if logits.dim() == 3:
-        if labels is not None and labels.dim() == 2:
-            view.logits_mask = labels != -100
-        elif inputs_mask is not None:
-            view.logits_mask = inputs_mask.bool()
-    return view
+        params = inspect.signature(unwrap(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "task" in params
 
 
 def view_from_adaptor(result: dict, outputs: Any) -> ModelView:

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import copy
-import os
+import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
+import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                          AutoTokenizer, PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel)
 
+from distill_toolkit.config import ConfigError
+from distill_toolkit.data.sources import minilm_dir
 from distill_toolkit.features import find_blocks, unwrap
 
 BUILTIN_MINILM = "builtin:minilm"
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
 
 
 def resolve_model_path(path: str) -> str:
     """Expand ``builtin:minilm`` to the fetched all-MiniLM-L6-v2 folder; check that other paths exist."""
     if path == BUILTIN_MINILM:
-        from distill_toolkit.data.sources import minilm_dir
-
         return str(minilm_dir())
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model folder {path!r} does not exist. Fix: point `path` at a folder written by "
@@ -28,31 +30,107 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-def _load_offline(auto_class, path: str, attn_implementation: Optional[str], **config_kwargs) -> PreTrainedModel:
-    """``auto_class.from_pretrained`` on a local folder (or builtin name), offline, with config overrides."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = resolve_model_path(path)
-    config = AutoConfig.from_pretrained(path, **config_kwargs)
+def saved_label_names(config) -> Optional[list[str]]:
+    """The label names a saved config carries, or None when they are Transformers' defaults (``LABEL_i``)."""
+    names = [str(config.id2label[i]) for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    return names if names and not all(_DEFAULT_LABEL.match(n) for n in names) else None
+
+
+def _label_config(config, labels: Optional[Sequence[str]], overrides: dict, where: str) -> None:
+    """Size ``config``'s head for ``labels`` (names from the data), refusing a disagreement with the
+    saved config or the section's ``config: {num_labels: ...}``."""
+    if labels is None:
+        return
+    labels = [str(n) for n in labels]
+    wanted = overrides.get("num_labels")
+    if wanted is not None and wanted != len(labels):
+        raise ConfigError(f"{where}.config.num_labels", f"is {wanted} but the data has {len(labels)} labels "
+                          f"({', '.join(labels)})", "remove num_labels (it is read from the data) or fix the data")
+    saved = saved_label_names(config)
+    if saved is not None and len(saved) == len(labels) and all(_DEFAULT_LABEL.match(n) for n in labels):
+        labels = saved  # the data gives ids only; the model names them
+    if saved is not None and saved != labels:
+        problem = (f"the model was trained for {len(saved)} labels ({', '.join(saved)}) but the data has "
+                   f"{len(labels)} ({', '.join(labels)})" if len(saved) != len(labels) else
+                   f"the model's label names {saved} differ from the data's {labels}")
+        raise ConfigError(f"{where}.path", problem, "use a model trained on these labels, fix the data's label "
+                          "column (or its ClassLabel names), or start from a model without a trained head")
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {n: i for i, n in enumerate(labels)}
+
+
+def load_pretrained(auto_class, path: str, *, labels: Optional[Sequence[str]] = None,
+                    attn_implementation: Optional[str] = None, config_overrides: Optional[dict] = None,
+                    where: str = "model", check_config: Optional[Callable] = None) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` on a folder (or ``builtin:minilm``) with config overrides.
+
+    With ``labels`` (the data's label names) the head is sized for them; a saved head or saved
+    label names that disagree raise a :class:`ConfigError` naming ``where`` and the fix;
+    ``check_config(config)`` may refuse the saved config first (e.g. a head of another task). The
+    process environment is never changed: set ``HF_HUB_OFFLINE=1`` yourself to stay offline.
+    """
+    try:
+        path = resolve_model_path(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{where}.path", str(err).split(". Fix: ")[0], str(err).split(". Fix: ")[-1]) from err
+    overrides = dict(config_overrides or {})
+    config = AutoConfig.from_pretrained(path, **overrides)
+    if check_config is not None:
+        check_config(config)
+    _label_config(config, labels, overrides, where)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return auto_class.from_pretrained(path, config=config, **kwargs)
+    try:
+        return auto_class.from_pretrained(path, config=config, **kwargs)
+    except RuntimeError as err:
+        if "mismatch" not in str(err):
+            raise
+        raise ConfigError(f"{where}.path", f"the checkpoint's head does not fit the data's {config.num_labels} "
+                          "labels (its weights have another shape)", "use a model trained on these labels, or a "
+                          "base model without a trained head") from err
+
+
+def build_from_config(auto_class, path: str, *, labels: Optional[Sequence[str]] = None,
+                      config_overrides: Optional[dict] = None, attn_implementation: Optional[str] = None,
+                      where: str = "student") -> PreTrainedModel:
+    """A randomly initialised model with the architecture of ``path`` changed by ``config_overrides``.
+
+    Only the config is read from ``path``. Seed first (the CLI does, with ``training.seed``), so a
+    distilled run and its no-teacher baseline start from the same weights.
+    """
+    overrides = dict(config_overrides or {})
+    config = AutoConfig.from_pretrained(resolve_model_path(path))
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"{where}.config.{key}", f"{type(config).__name__} has no such field",
+                              "use one of its fields, e.g. num_hidden_layers, hidden_size, intermediate_size, "
+                              "num_attention_heads")
+        setattr(config, key, value)
+    heads = getattr(config, "num_attention_heads", None)
+    if heads and config.hidden_size % heads:
+        raise ConfigError(f"{where}.config", f"hidden_size {config.hidden_size} is not a multiple of "
+                          f"num_attention_heads {heads}", "pick a head count that divides it (e.g. 12 for 312)")
+    _label_config(config, labels, {k: v for k, v in overrides.items() if k == "num_labels"}, where)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return auto_class.from_config(config, **kwargs)
 
 
 def load_classifier(path: str, num_labels: int = 2, attn_implementation: Optional[str] = None,
                     config_overrides: Optional[dict] = None) -> PreTrainedModel:
-    """A sequence classifier from a local folder, offline (no hub access)."""
-    return _load_offline(AutoModelForSequenceClassification, path, attn_implementation, num_labels=num_labels,
-                         **(config_overrides or {}))
+    """A sequence classifier from a local folder; a new head of ``num_labels`` unless one is saved there."""
+    return load_pretrained(AutoModelForSequenceClassification, path, attn_implementation=attn_implementation,
+                           config_overrides={"num_labels": num_labels, **(config_overrides or {})})
 
 
 def load_token_classifier(path: str, num_labels: int, attn_implementation: Optional[str] = None,
                           config_overrides: Optional[dict] = None) -> PreTrainedModel:
-    """A token classifier (e.g. for NER) from a local folder, offline; the head is new unless saved there."""
-    return _load_offline(AutoModelForTokenClassification, path, attn_implementation, num_labels=num_labels,
-                         **(config_overrides or {}))
+    """A token classifier (e.g. for NER) from a local folder; the head is new unless saved there."""
+    return load_pretrained(AutoModelForTokenClassification, path, attn_implementation=attn_implementation,
+                           config_overrides={"num_labels": num_labels, **(config_overrides or {})})
 
 
 def load_tokenizer(path: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The tokenizer saved at ``path`` (or ``builtin:minilm``)."""
     return AutoTokenizer.from_pretrained(resolve_model_path(path))
 
 
@@ -92,38 +170,20 @@ def student_from_teacher(teacher: nn.Module, layers: list[int], config_overrides
 
 def random_student(path: str, config_overrides: Optional[dict] = None, num_labels: int = 2,
                    seed: Optional[int] = None, attn_implementation: Optional[str] = None) -> PreTrainedModel:
-    """A randomly initialised classifier with the architecture of ``path``, changed by ``config_overrides``.
-
-    Only the config (and, by the caller, the tokenizer) is read from ``path``; no weights are
-    loaded. This is the "T4-tiny"-style student: e.g. ``{"num_hidden_layers": 4, "hidden_size": 312,
-    "intermediate_size": 1200}``. With ``seed``, the initial weights depend on it alone, so a
-    distilled run and its no-teacher baseline start from the same point.
-    """
-    import torch
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    config = AutoConfig.from_pretrained(resolve_model_path(path), num_labels=num_labels)
-    for key, value in (config_overrides or {}).items():
-        if not hasattr(config, key):
-            raise ValueError(f"student.config.{key}: {type(config).__name__} has no such field. Fix: use one of "
-                             "its fields, e.g. num_hidden_layers, hidden_size, intermediate_size, num_attention_heads")
-        setattr(config, key, value)
-    heads = getattr(config, "num_attention_heads", None)
-    if heads and config.hidden_size % heads:
-        raise ValueError(f"student.config: hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
-                         f"{heads}. Fix: pick a head count that divides it (e.g. 12 for 312, 4 or 12 for 192)")
+    """A randomly initialised sequence classifier shaped like ``path`` changed by ``config_overrides``
+    (the "T4-tiny"-style student); with ``seed``, its weights depend on the seed alone."""
     if seed is not None:
         torch.manual_seed(seed)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForSequenceClassification.from_config(config, **kwargs)
+    return build_from_config(AutoModelForSequenceClassification, path,
+                             labels=[f"LABEL_{i}" for i in range(num_labels)], config_overrides=config_overrides,
+                             attn_implementation=attn_implementation)
 
 
 def load_causal_lm(path: str, attn_implementation: Optional[str] = None,
                    config_overrides: Optional[dict] = None) -> PreTrainedModel:
-    """A causal LM (``AutoModelForCausalLM``: Llama, GPT-2, ...) from a local folder, offline."""
-    from transformers import AutoModelForCausalLM
-
-    return _load_offline(AutoModelForCausalLM, path, attn_implementation, **(config_overrides or {}))
+    """A causal LM (``AutoModelForCausalLM``: Llama, GPT-2, ...) from a local folder."""
+    return load_pretrained(AutoModelForCausalLM, path, attn_implementation=attn_implementation,
+                           config_overrides=config_overrides)
 
 
 class GGUFError(ValueError):
@@ -136,9 +196,6 @@ def load_gguf_causal_lm(gguf_path: Union[str, Path]):
     The GGUF-loaded object cannot ``save_pretrained``; the model returned here is rebuilt from its
     config and state dict, so it can (and can be exported as a distilled student's base).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise GGUFError(f"GGUF file {gguf_path} not found. Fix: pass the path of a .gguf file "

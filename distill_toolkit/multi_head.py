@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from distill_toolkit.data.tasks import TaskError
+from distill_toolkit.batch import TaskError
 
 _HEADS_FILE = "heads.json"
 

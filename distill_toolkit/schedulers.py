@@ -40,7 +40,42 @@ def constant_temperature(logits_S: Tensor, logits_T: Tensor, base_temperature, m
     return base_temperature
 
 
-def flsw_temperature(beta: float, gamma: float, eps: float = 1e-4) -> TemperatureScheduler:
+class CentredTemperature:
+    """A per-position temperature ``tau = T0 + beta * (mean(w) - w)`` around a statistic ``w`` of the logits.
+
+    ``flsw`` and ``cwsm`` are of this form. Calling it, ``(logits_S, logits_T, base_temperature,
+    mask=None)``, is the schedule. Its two halves, :meth:`weights` (``w`` per position) and
+    :meth:`from_weights`, serve a caller that sees the positions a chunk at a time (the chunked
+    causal-LM loss): it gathers ``w`` chunk by chunk and takes ``mean(w)`` over all of them.
+
+    Attributes:
+        name: ``"flsw"`` or ``"cwsm"``.
+        reads_teacher: whether ``w`` depends on the teacher's logits (so it needs them in full,
+            not a top-k teacher cache).
+    """
+
+    def __init__(self, name: str, statistic: Callable[[Tensor, Tensor], Tensor], beta: float, reads_teacher: bool):
+        self.name, self.beta, self.reads_teacher = name, beta, reads_teacher
+        self._statistic = statistic
+
+    def weights(self, logits_S: Tensor, logits_T) -> Tensor:
+        """``w`` per position, shape ``logits_S.shape[:-1]``, without gradients."""
+        with torch.no_grad():
+            return self._statistic(logits_S.detach(), logits_T)
+
+    def from_weights(self, w: Tensor, base_temperature, mask: Optional[Tensor] = None) -> Tensor:
+        """``base_temperature + beta * (mean(w) - w)``, the mean over the positions ``mask`` keeps (all: None)."""
+        with torch.no_grad():
+            return base_temperature + (_masked_mean(w, mask) - w) * self.beta
+
+    def __call__(self, logits_S: Tensor, logits_T, base_temperature, mask: Optional[Tensor] = None) -> Tensor:
+        return self.from_weights(self.weights(logits_S, logits_T), base_temperature, mask)
+
+    def __repr__(self) -> str:
+        return f"CentredTemperature({self.name!r}, beta={self.beta})"
+
+
+def flsw_temperature(beta: float, gamma: float, eps: float = 1e-4) -> CentredTemperature:
     """FLSW schedule: per position, ``tau = T0 + beta * (mean(w) - w)`` with
     ``w = (1 - cos(logits_S, logits_T)) ** gamma``.
 
@@ -50,19 +85,17 @@ def flsw_temperature(beta: float, gamma: float, eps: float = 1e-4) -> Temperatur
     TextBrewer computes after selecting rows with ``logits_mask``.
     """
 
-    def schedule(logits_S: Tensor, logits_T: Tensor, base_temperature, mask: Optional[Tensor] = None) -> Tensor:
-        with torch.no_grad():
-            v = logits_S.detach()
-            t = logits_T.detach()
-            v = v / (v.norm(dim=-1, keepdim=True) + eps)
-            t = t / (t.norm(dim=-1, keepdim=True) + eps)
-            w = (1 - (v * t).sum(dim=-1)).pow(gamma)
-            return base_temperature + (_masked_mean(w, mask) - w) * beta
+    def statistic(logits_S: Tensor, logits_T: Tensor) -> Tensor:
+        v = logits_S
+        t = logits_T.detach()
+        v = v / (v.norm(dim=-1, keepdim=True) + eps)
+        t = t / (t.norm(dim=-1, keepdim=True) + eps)
+        return (1 - (v * t).sum(dim=-1)).pow(gamma)
 
-    return schedule
+    return CentredTemperature("flsw", statistic, beta, reads_teacher=True)
 
 
-def cwsm_temperature(beta: float) -> TemperatureScheduler:
+def cwsm_temperature(beta: float) -> CentredTemperature:
     """CWSM schedule: per position, ``tau = T0 + beta * (mean(w) - w)`` with
     ``w = 1 / (max softmax(logits_S) + 1e-3)``.
 
@@ -70,13 +103,11 @@ def cwsm_temperature(beta: float) -> TemperatureScheduler:
     optional ``mask`` keyword as :func:`flsw_temperature`.
     """
 
-    def schedule(logits_S: Tensor, logits_T: Tensor, base_temperature, mask: Optional[Tensor] = None) -> Tensor:
-        with torch.no_grad():
-            confidence = torch.softmax(logits_S.detach(), dim=-1).max(dim=-1).values
-            w = 1 / (confidence + 1e-3)
-            return base_temperature + (_masked_mean(w, mask) - w) * beta
+    def statistic(logits_S: Tensor, logits_T) -> Tensor:
+        confidence = torch.softmax(logits_S, dim=-1).max(dim=-1).values
+        return 1 / (confidence + 1e-3)
 
-    return schedule
+    return CentredTemperature("cwsm", statistic, beta, reads_teacher=False)
 
 
 def _number(value: Any, what: str, spec: Any) -> float:

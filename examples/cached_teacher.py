@@ -28,8 +28,9 @@ import torch
 from common import Timer, collator, fine_tuned_teacher, load_teacher, print_table, row, sentiment, training
 
 from distill_toolkit import DistillationConfig, Trainer
-from distill_toolkit.data import build_teacher_cache, subsample, with_ids
+from distill_toolkit.data import subsample, with_ids
 from distill_toolkit.models import student_from_teacher
+from distill_toolkit.teachers import build_teacher_cache
 
 
 def student(teacher_path):

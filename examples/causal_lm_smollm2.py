@@ -95,7 +95,7 @@ def main() -> None:
         student = student_from_teacher(teacher, STUDENT_BLOCKS)
         training = TrainingConfig(output_dir=str(out / name.replace(" ", "_")), max_steps=args.steps,
                                   batch_size=args.batch_size, learning_rate=2e-4, warmup_ratio=0.1,
-                                  trackers=["tensorboard"], eval_every_epochs=None, seed=0)
+                                  trackers=["tensorboard"], eval_every_epochs=None, seed=0, overwrite=True)
         print(f"\n=== 6-block student, {name}")
         result = Trainer(student, training, distillation, train_texts, teacher=teacher if name == "distilled" else None,
                          collate_fn=collate, tokenizer=tokenizer).train()

@@ -43,7 +43,7 @@ def collator(tokenizer):
 def training(output_dir, steps: int, seed: int = 0, learning_rate: float = 1e-4, **kw) -> TrainingConfig:
     base = dict(output_dir=str(output_dir), max_steps=steps, batch_size=BATCH_SIZE, eval_batch_size=128,
                 learning_rate=learning_rate, warmup_ratio=0.1, seed=seed, trackers=[], progress_bar=False,
-                eval_every_epochs=None, group_by_length=False)
+                eval_every_epochs=None, group_by_length=False, overwrite=True)  # each run starts afresh
     base.update(kw)
     return TrainingConfig(**base)
 

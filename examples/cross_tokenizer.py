@@ -40,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 from distill_toolkit import DistillationConfig, Match, Trainer  # noqa: E402
-from distill_toolkit.data import (DualTokenizerCollator, PaddingCollator, build_teacher_cache,  # noqa: E402
-                                  load_sentiment, subsample, tokenize_classification)
+from distill_toolkit.data import (DualTokenizerCollator, PaddingCollator, load_sentiment, subsample,  # noqa: E402
+                                  tokenize_classification)
 from distill_toolkit.data.sources import mpnet_dir  # noqa: E402
 from distill_toolkit.engine.loop import accuracy  # noqa: E402
 from distill_toolkit.models import load_classifier, load_tokenizer  # noqa: E402
+from distill_toolkit.teachers import build_teacher_cache  # noqa: E402
 
 MAX_LENGTH = 32
 TEACHER_TRAINABLE_BLOCKS = 4  # the top blocks of MPNet's 12 that fine-tuning updates

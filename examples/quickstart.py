@@ -57,7 +57,7 @@ def main() -> None:
 
     rows, results = [], {}
     for name, config_file, label in PHASES:
-        overrides = [f"training.output_dir={out / name}", "training.progress_bar=true"]
+        overrides = [f"training.output_dir={out / name}", "training.progress_bar=true", "training.overwrite=true"]
         if name != "teacher":
             overrides.append(f"teacher.path={out / 'teacher' / 'final'}")
         if args.steps:

@@ -2,12 +2,16 @@
 
 import pytest
 import torch
+from textbrewer.distiller_utils import probability_shift_
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from distill_toolkit import DistillationConfig, Trainer, TrainingConfig
-from distill_toolkit.losses import forward_kl, jsd
-from distill_toolkit.losses.chunked import chunked_lm_kd
-from distill_toolkit.strategies import StrategyError
+from distill_toolkit.engine.module import DistillationModule
+from distill_toolkit.losses import SparseTeacher, forward_kl, jsd
+from distill_toolkit.losses.chunked import chunked_lm_kd, chunked_row_map
+from distill_toolkit.strategies import KDObjective, StrategyError, build_strategy
+from distill_toolkit.strategies.causal_lm import next_token_targets
+from distill_toolkit.teachers import TeacherRunner
 
 VOCAB = 96
 
@@ -103,8 +107,6 @@ def test_uneven_micro_batches_give_the_big_batch_gradient(tmp_path):
 
 
 def test_prompt_and_padding_positions_do_not_count():
-    from distill_toolkit.strategies.causal_lm import next_token_targets
-
     batch = collate([[5, 6, 7, 8, 9], [5, 6, 7, 8, 9, 10, 11]])
     mask, targets = next_token_targets(batch)
     # sequence 0: 5 tokens, 3-token prompt -> predicts tokens 4 and 5 only
@@ -159,3 +161,84 @@ def test_gguf_file_without_the_models_tensors_is_refused(tmp_path):
     writer.close()
     with pytest.raises(GGUFError, match=r"partial.gguf lacks \d+ of the model's tensors .*re-fetch"):
         load_gguf_causal_lm(path)
+
+
+# ---- the KD objective's settings on the causal-LM route -------------------------------------------
+def test_chunked_kd_takes_per_row_temperatures_and_the_probability_shift():
+    torch.manual_seed(0)
+    h_S, h_T = torch.randn(37, 16, requires_grad=True), torch.randn(37, 24)
+    head_S, head_T = torch.nn.Linear(16, 50), torch.nn.Linear(24, 50)
+    tau, y = 1.0 + torch.rand(37), torch.randint(0, 50, (37,))
+    kd, _ = chunked_lm_kd(h_S, head_S, h_T, head_T, loss="forward_kl", temperature=tau, chunk_size=8, shift_labels=y)
+    shifted = probability_shift_(head_T(h_T).detach().clone(), y.clone())
+    torch.testing.assert_close(kd, forward_kl(head_S(h_S), shifted, tau) * 37)
+    stats = chunked_row_map(h_S, head_S, h_T, head_T, lambda s, t: t.argmax(-1).float(), chunk_size=8,
+                            shift_labels=y)
+    assert torch.equal(stats, y.float())  # the shifted teacher's argmax is the label, row by row
+
+
+def _causal_lm_step(distill, batch, teacher, student):
+    """The causal_lm strategy through the calls the Trainer makes: ``(loss, terms)`` at progress 0."""
+    strategy = build_strategy(distill)
+    module = DistillationModule(student, strategy)
+    runner = TeacherRunner(teacher, "teacher", strategy.feature_keys()["teacher"], strategy=strategy)
+    with torch.no_grad():
+        strategy.setup(module.student_view(batch), {"teacher": runner(batch)})
+    loss, terms, _ = module(batch, {"teacher": runner(batch)}, 0.0)
+    return loss, terms
+
+
+def _dense_rows(batch, teacher, student):
+    """Full-vocabulary logits of both models and the next tokens, at the positions that count."""
+    mask, targets = next_token_targets(batch)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        l_T = teacher(**inputs).logits[:, :-1][mask]
+    return student(**inputs).logits[:, :-1][mask], l_T, targets[mask]
+
+
+@pytest.mark.parametrize("chunk_size", [5, 1024])
+def test_causal_lm_flsw_gives_each_token_its_temperature(chunk_size):
+    """flsw over all the micro-batch's tokens (TextBrewer's rule after row selection), whatever the chunk size."""
+    teacher, student = tiny_llama(3, 48, seed=1), tiny_llama(2, 32, seed=2)
+    batch = collate([Texts(4)[i] for i in range(4)])
+    distill = DistillationConfig(strategy="causal_lm", kd_loss="forward_kl", temperature=2.0, hard_label_weight=0.5,
+                                 temperature_scheduler=["flsw", 1.0, 2.0], strategy_options={"chunk_size": chunk_size})
+    loss, terms = _causal_lm_step(distill, batch, teacher, student)
+    l_S, l_T, y = _dense_rows(batch, teacher, student)
+    v = l_S.detach() / (l_S.detach().norm(dim=-1, keepdim=True) + 1e-4)
+    t = l_T / (l_T.norm(dim=-1, keepdim=True) + 1e-4)
+    w = (1 - (v * t).sum(-1)) ** 2.0
+    tau = 2.0 + (w.mean() - w) * 1.0
+    assert tau.std() > 0  # really one temperature per token
+    n = len(y)
+    kd = forward_kl(l_S, l_T, tau) * n
+    ce = torch.nn.functional.cross_entropy(l_S, y, reduction="sum")
+    torch.testing.assert_close(loss, kd + 0.5 * ce)
+    torch.testing.assert_close(terms["kd"], kd.detach() / n)
+    torch.testing.assert_close(terms["hard_label"], ce.detach() / n)
+
+
+def test_causal_lm_probability_shift_swaps_on_the_next_tokens():
+    teacher, student = tiny_llama(3, 48, seed=1), tiny_llama(2, 32, seed=2)
+    batch = collate([Texts(4, seed=1)[i] for i in range(4)])
+    base = dict(strategy="causal_lm", kd_loss="forward_kl", temperature=2.0)
+    shifted_loss, _ = _causal_lm_step(DistillationConfig(**base, probability_shift=True), batch, teacher, student)
+    plain_loss, _ = _causal_lm_step(DistillationConfig(**base), batch, teacher, student)
+    l_S, l_T, y = _dense_rows(batch, teacher, student)
+    expected = forward_kl(l_S, probability_shift_(l_T.clone(), y.clone()), 2.0) * len(y)
+    torch.testing.assert_close(shifted_loss, expected)
+    torch.testing.assert_close(plain_loss, forward_kl(l_S, l_T, 2.0) * len(y))
+    assert not torch.allclose(shifted_loss, plain_loss)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"probability_shift": True}, r"probability_shift .*top-k.* Fix: build the cache without top_k"),
+    ({"temperature_scheduler": ["flsw", 1, 2]}, r"temperature_scheduler 'flsw' .*top-k. Fix: use `constant` or "
+                                                r"\[cwsm, beta\]"),
+])
+def test_a_topk_teacher_refuses_what_needs_full_logits(setting, message):
+    sparse = SparseTeacher(torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(StrategyError, match=message):
+        KDObjective(DistillationConfig(**setting)).check_kd_source(sparse)
+    KDObjective(DistillationConfig(temperature_scheduler=["cwsm", 1])).check_kd_source(sparse)  # student-only: fine

@@ -8,16 +8,12 @@ from safetensors.torch import load_file
 
 from distill_toolkit import DistillationConfig, Trainer, TrainingConfig
 from distill_toolkit.config import ConfigError
-from distill_toolkit.data.lm import (
-    CausalLMCollator,
-    LMDataError,
-    generate_completions,
-    prompts_of,
-    teacher_completions,
-)
-from distill_toolkit.data.teacher_cache import build_teacher_cache, with_ids
-from distill_toolkit.strategies import StrategyError
+from distill_toolkit.data.cache import with_ids
+from distill_toolkit.data.lm import CausalLMCollator, LMDataError, prompts_of
+from distill_toolkit.strategies import StrategyError, check_distillation
 from distill_toolkit.strategies.causal_lm import CausalLMDistillation, _draw
+from distill_toolkit.strategies.generation import generate_completions
+from distill_toolkit.teachers import build_teacher_cache, teacher_completions
 
 
 def training(path, **kw):
@@ -117,7 +113,7 @@ def test_on_policy_needs_a_prompt(tmp_path):
                                             ({"generation_temperature": -1}, "generation_temperature")])
 def test_bad_strategy_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=rf"distillation.strategy_options.{field}: .*Fix:"):
-        distill(strategy_options=options).validate()
+        check_distillation(distill(strategy_options=options))
 
 
 # ----------------------------------------------------------------------------- sequence-level KD

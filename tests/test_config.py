@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from distill_toolkit import ConfigError, DistillationConfig, ExperimentConfig, Match, TrainingConfig
+from distill_toolkit.strategies import check_distillation
 
 
 def _experiment():
@@ -36,7 +37,7 @@ def test_round_trip(tmp_path, suffix):
 def test_yaml_is_loaded_safely(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("training: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match="cannot parse"):
+    with pytest.raises(ConfigError, match="unsafe or unknown YAML tag"):
         ExperimentConfig.load(path)
 
 
@@ -56,6 +57,8 @@ def test_validation_names_field_and_fix(section, change, field, fix):
     config = {"training": TrainingConfig, "distillation": DistillationConfig}[section](**change)
     with pytest.raises(ConfigError) as err:
         config.validate()
+        if section == "distillation":  # names (losses, schedules, tasks) are checked against the registries
+            check_distillation(config)
     assert err.value.field == field
     assert "Fix:" in str(err.value)
     import re
@@ -72,8 +75,10 @@ def test_validation_names_field_and_fix(section, change, field, fix):
     ({"teacher_layer": 1, "student_layer": 1, "weight": float("nan")}, "weight"),
 ])
 def test_bad_matches(match, field):
+    config = DistillationConfig(matches=[match])
     with pytest.raises(ConfigError) as err:
-        DistillationConfig(matches=[match]).validate()
+        config.validate()
+        check_distillation(config)  # loss and projection names are checked against the registries
     assert err.value.field == f"distillation.matches[0].{field}"
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from distill_toolkit.engine.accelerator import check_launch  # the launch checks live in the engine
 import yaml
 from safetensors.torch import load_file
 from test_cli import _write_config, workspace  # noqa: F401 (a fixture)
@@ -411,7 +413,7 @@ def _cfg(**kw):
     return TrainingConfig(output_dir="unused", trackers=[], **kw)
 
 
-def test_unknown_teacher_placement_is_refused():
+def test_unknown_teacher_placement_is_refused():  # a value check: config alone
     from distill_toolkit import ConfigError
 
     with pytest.raises(ConfigError, match=r"training.teacher_placement: unknown placement 'sharded'.*zero3"):
@@ -423,7 +425,7 @@ def test_zero3_teacher_needs_a_deepspeed_launch():
 
     with pytest.raises(ConfigError, match=r"teacher_placement: 'zero3' cannot run under a single launch.*"
                                           r"launch/zero2.yaml.*teacher_placement: fsdp"):
-        _cfg(teacher_placement="zero3").validate()
+        check_launch(_cfg(teacher_placement="zero3"))
 
 
 def test_fsdp_teacher_is_refused_under_deepspeed(monkeypatch):
@@ -431,7 +433,7 @@ def test_fsdp_teacher_is_refused_under_deepspeed(monkeypatch):
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match=r"'fsdp' cannot run under a deepspeed launch.*teacher_placement: zero3"):
-        _cfg(teacher_placement="fsdp").validate()
+        check_launch(_cfg(teacher_placement="fsdp"))
 
 
 def test_accelerate_fsdp_on_cpu_names_the_route_that_works(monkeypatch):
@@ -440,7 +442,7 @@ def test_accelerate_fsdp_on_cpu_names_the_route_that_works(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     with pytest.raises(LaunchError, match=r"needs GPUs.*launch/ddp.yaml.*teacher_placement: fsdp"):
-        _cfg().validate()
+        check_launch(_cfg())
 
 
 def test_deepspeed_without_a_compiler_names_the_route_that_works(monkeypatch, tmp_path):
@@ -450,14 +452,14 @@ def test_deepspeed_without_a_compiler_names_the_route_that_works(monkeypatch, tm
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
     with pytest.raises(LaunchError, match=r"no C\+\+ compiler.*launch/ddp.yaml.*teacher_placement: fsdp"):
-        _cfg(deepspeed_config=str(DS_CONFIGS / "zero2.json")).validate()
+        check_launch(_cfg(deepspeed_config=str(DS_CONFIGS / "zero2.json")))
 
 
 def test_missing_deepspeed_config_is_refused():
     from distill_toolkit import ConfigError
 
     with pytest.raises(ConfigError, match=r"training.deepspeed_config: file 'nope.json' not found"):
-        _cfg(deepspeed_config="nope.json").validate()
+        check_launch(_cfg(deepspeed_config="nope.json"))
 
 
 def test_cli_refuses_placement_before_loading_any_model(tmp_path):

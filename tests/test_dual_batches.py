@@ -10,9 +10,10 @@ from transformers import (BertConfig, BertForSequenceClassification, BertForToke
                           BertTokenizerLegacy)
 
 from distill_toolkit import DistillationConfig, Match, Trainer, TrainingConfig
+from distill_toolkit.data.cache import TeacherCacheError, with_ids
 from distill_toolkit.data.dual import DualTokenizerCollator, align_view, alignment_matrices
-from distill_toolkit.data.teacher_cache import TeacherCacheError, build_teacher_cache, with_ids
 from distill_toolkit.features import ModelView
+from distill_toolkit.teachers import build_teacher_cache
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # student: "play ##ing"; teacher: "playing" whole but "ga ##me" for game

@@ -11,7 +11,7 @@ from distill_toolkit import (CheckpointError, ConfigError, DistillationConfig, M
                              Trainer)
 from distill_toolkit.engine.checkpoint import latest_checkpoint
 from distill_toolkit.features import FeatureError
-from distill_toolkit.strategies import StrategyError
+from distill_toolkit.strategies import StrategyError, check_distillation
 
 from helpers import ToyTask, collate, final_weights, read_wandb_history, tiny_bert, toy_distillation, toy_training
 
@@ -181,9 +181,9 @@ def test_logits_shapes_differ(tmp_path):
 
 def test_unknown_loss_lists_known_ones():
     with pytest.raises(ConfigError, match=r"distillation.kd_loss.*kd_ce.*reverse_kl"):
-        DistillationConfig(kd_loss="kld").validate()
+        check_distillation(DistillationConfig(kd_loss="kld"))
     with pytest.raises(ConfigError, match=r"matches\[0\].loss.*hidden_mse"):
-        DistillationConfig(matches=[Match(teacher_layer=1, student_layer=1, loss="l1")]).validate()
+        check_distillation(DistillationConfig(matches=[Match(teacher_layer=1, student_layer=1, loss="l1")]))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -241,10 +241,26 @@ def test_eval_every_steps_with_user_metric_and_best_export(tmp_path):
     trainer = Trainer(tiny_bert(2, 32, seed=2), cfg, toy_distillation(), ToyTask(48), teacher=tiny_bert(4, 48, seed=1),
                       eval_data=ToyTask(20, seed=4), collate_fn=collate, metric_fn=metric)
     result = trainer.train()
-    assert seen == [20, 20, 20, 20]  # steps 2, 4, 6 and the final evaluation; every example counted once
+    assert seen == [20, 20, 20]  # steps 2, 4, 6 (step 6 is the final one: not evaluated twice); each example once
     assert result["best_step"] in (2, 4, 6)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert "error_rate" in result["eval"]
+
+
+def test_final_epoch_is_evaluated_and_competes_for_best(tmp_path):
+    """The last epoch ends the run: it is still evaluated once, and may become best/."""
+    seen = []
+
+    def metric(predictions, labels):
+        seen.append(len(seen))
+        return {"score": float(len(seen))}  # later evaluations score higher: the final one must win
+
+    cfg = toy_training(tmp_path / "run", num_epochs=2, max_steps=None, eval_every_epochs=1)
+    trainer = Trainer(tiny_bert(2, 32, seed=2), cfg, toy_distillation(), ToyTask(32), teacher=tiny_bert(4, 48, seed=1),
+                      eval_data=ToyTask(8, seed=4), collate_fn=collate, metric_fn=metric)
+    result = trainer.train()
+    assert len(seen) == 2 and result["best_step"] == result["global_step"] and result["eval"] == {"score": 2.0}
+    assert not trainer.module.training and not trainer.module.student.training  # no dropout for whoever uses it next
 
 
 def test_missing_labels_with_hard_label_weight(tmp_path):

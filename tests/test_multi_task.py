@@ -9,9 +9,10 @@ from accelerate.data_loader import BatchSamplerShard
 from transformers import BertConfig, BertModel
 
 from distill_toolkit import ConfigError, DistillationConfig, Match, Trainer, TrainingConfig
-from distill_toolkit.data.tasks import TaskBatchSampler, TaskError, sampling_probabilities
+from distill_toolkit.batch import TaskError
+from distill_toolkit.data.multitask import TaskBatchSampler, sampling_probabilities
 from distill_toolkit.engine.module import DistillationModule
-from distill_toolkit.engine.teachers import TeacherRunner, named_teachers
+from distill_toolkit.teachers import TeacherRunner, named_teachers
 from distill_toolkit.multi_head import MultiHeadClassifier
 from distill_toolkit.strategies import StrategyError, build_strategy
 

@@ -6,8 +6,9 @@ import torch
 
 from distill_toolkit import ConfigError, DistillationConfig, Match, Trainer, TrainingConfig
 from distill_toolkit.engine.module import DistillationModule
-from distill_toolkit.engine.teachers import TeacherRunner, named_teachers
-from distill_toolkit.strategies import StrategyError, UnknownStrategyError, build_strategy, get
+from distill_toolkit.teachers import TeacherRunner, named_teachers
+from distill_toolkit.strategies import (StrategyError, UnknownStrategyError, build_strategy, check_distillation,
+                                       get)
 
 from helpers import ToyTask, collate, tiny_bert
 
@@ -102,6 +103,22 @@ def test_one_teacher_equals_single(tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
 
 
+def test_one_teacher_is_exactly_the_single_objective():
+    """The strategies compose one KD objective: with one teacher, multi_teacher's loss and terms are single's."""
+    batch = collate([ToyTask(8)[i] for i in range(8)])
+    matches = [Match(teacher_layer=4, student_layer=2, projection="linear", weight_schedule="linear_growth"),
+               Match(teacher_layer=1, student_layer=1, feature="attention", loss="attention_mse")]
+    out = {}
+    for strategy in ("single", "multi_teacher"):
+        torch.manual_seed(0)  # the same projection initialisation
+        distill = DistillationConfig(strategy=strategy, temperature=2.0, hard_label_weight=0.5, matches=matches,
+                                     temperature_scheduler=["cwsm", 0.5], probability_shift=True)
+        out[strategy] = _run(distill, batch, tiny_bert(2, 32, seed=2), tiny_bert(4, 48, seed=1), progress=0.4)
+    (loss_1, terms_1, _), (loss_n, terms_n, _) = out["single"], out["multi_teacher"]
+    assert torch.equal(loss_1, loss_n)
+    assert terms_1.keys() == terms_n.keys() and all(torch.equal(terms_1[k], terms_n[k]) for k in terms_1)
+
+
 def test_trainer_logs_per_teacher_terms(tmp_path):
     distill = DistillationConfig(strategy="multi_teacher", teacher_combination="confidence", matches=[
         Match(teacher_layer=2, student_layer=1, projection="linear")])
@@ -164,4 +181,4 @@ def test_unknown_strategy_lists_known_ones():
         get("multi")
     with pytest.raises(ConfigError, match=r"distillation.strategy: unknown strategy 'mutli_teacher'; known "
                                           r"strategies: .*multi_task, multi_teacher, single, supervised"):
-        DistillationConfig(strategy="mutli_teacher").validate()
+        check_distillation(DistillationConfig(strategy="mutli_teacher"))

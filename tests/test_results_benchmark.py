@@ -59,7 +59,7 @@ def test_smoke_profile_writes_table_json_and_plots(tmp_path):
 
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| model | distilled | layers | hidden | params |" in table
-    assert "distill-toolkit train examples/configs/results/t4tiny_kd.yaml" in table
+    assert "distill-toolkit train --overwrite examples/configs/results/t4tiny_kd.yaml" in table
     assert "python examples/bigru_sentiment.py examples/configs/results/bigru_base.yaml" in table
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == figures["rows"]
     for name in ("tradeoff.png", "loss_curves.png"):

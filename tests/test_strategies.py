@@ -5,11 +5,13 @@ import torch
 import textbrewer.losses as tb
 from textbrewer.distiller_utils import probability_shift_
 
-from distill_toolkit import DistillationConfig, Match, Trainer, TrainingConfig
+from distill_toolkit import ConfigError, DistillationConfig, Match, Trainer, TrainingConfig
 from distill_toolkit.engine.module import DistillationModule
-from distill_toolkit.engine.teachers import TeacherRunner
-from distill_toolkit.strategies import UnknownStrategyError, available_strategies, build_strategy, get
-from distill_toolkit.strategies.single import probability_shift
+from distill_toolkit.losses import probability_shift
+from distill_toolkit.strategies import (Strategy, UnknownStrategyError, available_strategies, build_strategy,
+                                        check_distillation, get, register_strategy)
+from distill_toolkit.strategies import base as strategy_base
+from distill_toolkit.teachers import TeacherRunner
 
 from helpers import ToyTask, collate, tiny_bert
 
@@ -105,3 +107,65 @@ def test_registry_finds_strategies_and_lists_known_ones():
     assert get("single").name == "single"
     with pytest.raises(UnknownStrategyError, match=r"unknown strategy 'multi'.*single.*supervised"):
         get("multi")
+
+
+# ---- the protocol's hooks and the up-front name checks ----------------------------------------------
+class _Bare(Strategy):
+    """A strategy that declares no hook: it gets the base class's defaults."""
+
+    def forward(self, batch, student, teachers, progress):
+        return student.loss, {}
+
+
+def test_a_strategy_without_hooks_gets_the_defaults():
+    bare = _Bare(DistillationConfig(strategy_options={"tau": 2.0}))
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long)}
+    assert bare.prepare_batch(batch, None, {"teacher": None}, (0, 0, 0)) is batch
+    assert bare.prepare_batch(batch, None, {}, None) is batch  # the probe batch
+    assert bare.loss_items(batch) is None  # the loss is a mean
+    assert bare.forward_overrides("student") == {} and bare.forward_overrides("teacher") == {}
+    options = {"tau": 2.0}
+    assert _Bare.check_options(options, "distillation.strategy_options") is options
+    assert bare.options == options
+
+
+def test_check_distillation_runs_the_strategys_own_option_check():
+    class Strict(_Bare):
+        @classmethod
+        def check_options(cls, options, where="distillation.strategy_options"):
+            if "tau" in options and options["tau"] <= 0:
+                raise ConfigError(f"{where}.tau", f"must be > 0, got {options['tau']!r}", "set e.g. `tau: 1.0`")
+            return options
+
+    register_strategy("test_strict_options", Strict)
+    try:
+        check_distillation(DistillationConfig(strategy="test_strict_options", strategy_options={"tau": 1.0}))
+        with pytest.raises(ConfigError, match=r"distillation.strategy_options.tau: must be > 0, got -1.*Fix:"):
+            build_strategy(DistillationConfig(strategy="test_strict_options", strategy_options={"tau": -1}))
+    finally:
+        strategy_base._STRATEGIES.classes.pop("test_strict_options")
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"strategy": "singel"}, "distillation.strategy", r"unknown strategy 'singel'; known strategies: .*single.*"
+                                                      r"register_strategy"),
+    ({"task": "summarization"}, "distillation.task", r"unknown task 'summarization'; known tasks: .*causal_lm.*"
+                                                     r"sequence_classification.*auto.*register_task"),
+    ({"kd_loss": "kld"}, "distillation.kd_loss", r"unknown loss 'kld'.*forward_kl"),
+    ({"kd_loss": "hidden_mse"}, "distillation.kd_loss", r"'hidden_mse' is a feature loss, not a logits loss"),
+    ({"hard_label_weight_schedule": "cosine"}, "distillation.hard_label_weight_schedule",
+     r"unknown schedule 'cosine'.*linear_decay"),
+    ({"temperature_scheduler": ["cwsm"]}, "distillation.temperature_scheduler", r"cwsm"),
+    ({"matches": [Match(teacher_layer=1, student_layer=1, loss="kd_ce")]}, "distillation.matches[0].loss",
+     r"'kd_ce' is a logits loss, not a feature loss"),
+    ({"matches": [Match(teacher_layer=1, student_layer=1, weight_schedule="step")]},
+     "distillation.matches[0].weight_schedule", r"unknown schedule 'step'"),
+    ({"matches": [Match(teacher_layer=1, student_layer=1, projection="gelu")]}, "distillation.matches[0].projection",
+     r"unknown projection 'gelu'.*linear, relu, tanh"),
+])
+def test_registry_names_are_checked_before_the_strategy_is_built(change, field, message):
+    config = DistillationConfig(**change)
+    config.validate()  # values are fine: these are names, checked against the registries
+    with pytest.raises(ConfigError, match=message) as err:
+        build_strategy(config)
+    assert err.value.field == field and "Fix:" in str(err.value)

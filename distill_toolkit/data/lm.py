@@ -5,7 +5,7 @@ prompt, so the ``causal_lm`` strategy (and any Hugging Face causal LM) learns th
 tokens alone. Three producers share :func:`lm_batch`:
 
 - :class:`CausalLMCollator` for data sets of text or prompt/completion pairs (text or token ids);
-- :func:`generate_completions` + :func:`teacher_completions` for sequence-level KD (train on the
+- :func:`distill_toolkit.teachers.teacher_completions` for sequence-level KD (train on the
   teacher's own completions of a set of prompts; Kim & Rush, 2016);
 - on-policy distillation (``causal_lm`` with ``strategy_options.lmbda``), which replaces a batch's
   completions by the student's samples inside the loop (Agarwal et al., 2024, "GKD").
@@ -13,28 +13,15 @@ tokens alone. Three producers share :func:`lm_batch`:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
-from distill_toolkit.features import unwrap
+from distill_toolkit.batch import LABEL_PAD_ID
 
-__all__ = [
-    "CausalLMCollator",
-    "LMDataError",
-    "check_pad_token",
-    "generate_completions",
-    "lm_batch",
-    "max_positions",
-    "perplexity",
-    "prompts_of",
-    "teacher_completions",
-]
+__all__ = ["CausalLMCollator", "LMDataError", "check_pad_token", "lm_batch", "prompts_of"]
 
-LABEL_PAD_ID = -100
 PAD_FIX = "set tokenizer.pad_token = tokenizer.eos_token (padding is masked out of every loss)"
 
 
@@ -49,16 +36,6 @@ def check_pad_token(tokenizer) -> int:
         raise LMDataError(f"{type(tokenizer).__name__} has no pad token, so examples of different lengths cannot "
                           f"share a batch. Fix: {PAD_FIX}")
     return int(pad)
-
-
-def max_positions(model: nn.Module) -> Optional[int]:
-    """The longest sequence ``model`` accepts (``max_position_embeddings`` / ``n_positions``), or None."""
-    config = getattr(unwrap(model), "config", None)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def lm_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_token_id: int,
@@ -111,107 +88,6 @@ def prompts_of(inputs: Mapping) -> list[list[int]]:
     return prompts
 
 
-def _eos_ids(model: nn.Module, eos_token_id) -> list[int]:
-    if eos_token_id is None:
-        config = getattr(model, "generation_config", None) or getattr(model, "config", None)
-        eos_token_id = getattr(config, "eos_token_id", None)
-    if eos_token_id is None:
-        return []
-    return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
-
-
-@torch.no_grad()
-def generate_completions(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                         temperature: float = 0.0, pad_token_id: int, eos_token_id: Union[int, list, None] = None,
-                         batch_size: Optional[int] = None) -> list[list[int]]:
-    """The new tokens ``model`` writes after each prompt: greedy (``temperature == 0``) or sampled.
-
-    Prompts are left-padded for ``generate``; each completion ends with its first EOS (kept, so the
-    student learns to stop) and never includes the padding ``generate`` adds after it. The model is
-    unwrapped (DDP, DeepSpeed), put in eval mode for sampling and given back in the mode it was in.
-
-    Args:
-        prompts: token ids per prompt (no padding).
-        temperature: 0 for greedy decoding, else the sampling temperature (pure sampling: no top-k/top-p).
-        eos_token_id: stop token(s); default the model's ``generation_config``/``config``.
-        batch_size: prompts per ``generate`` call (default: all at once).
-    """
-    from transformers import GenerationConfig
-
-    if max_new_tokens < 1:
-        raise LMDataError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    model = unwrap(model)
-    eos = _eos_ids(model, eos_token_id)
-    sample = temperature > 0
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=int(pad_token_id),
-                              eos_token_id=eos or None, **({"temperature": float(temperature), "top_k": 0,
-                                                           "top_p": 1.0} if sample else {}))
-    params = list(model.parameters())
-    device = params[0].device
-    synced = any(hasattr(p, "ds_id") for p in params)  # ZeRO-3: every rank must run as many forwards
-    was_training = model.training
-    model.eval()
-    out: list[list[int]] = []
-    step = batch_size or max(1, len(prompts))
-    try:
-        for start in range(0, len(prompts), step):
-            chunk = [list(p) for p in prompts[start:start + step]]
-            width = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), width), int(pad_token_id), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, p in enumerate(chunk):
-                ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                mask[row, width - len(p):] = 1
-            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                       generation_config=config, synced_gpus=synced)
-            for row in generated[:, width:].tolist():
-                stop = next((i for i, t in enumerate(row) if t in eos), None)
-                out.append(row if stop is None else row[:stop + 1])
-    finally:
-        model.train(was_training)
-    return out
-
-
-def teacher_completions(teacher: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64,
-                        temperature: float = 0.0, samples_per_prompt: int = 1, batch_size: int = 16,
-                        max_prompt_length: Optional[int] = None, seed: int = 0):
-    """Sequence-level KD data: the teacher's completions of ``prompts`` as a ``datasets.Dataset``.
-
-    Columns: ``prompt`` and ``completion`` (text, for reading) and ``prompt_ids`` /
-    ``completion_ids`` (the exact tokens, which :class:`CausalLMCollator` trains on with the
-    prompt masked). Greedy by default; ``temperature > 0`` samples ``samples_per_prompt``
-    completions per prompt (seeded by ``seed``).
-    """
-    import datasets
-
-    pad = check_pad_token(tokenizer)
-    if temperature <= 0 and samples_per_prompt != 1:
-        raise LMDataError("samples_per_prompt > 1 needs sampling: greedy decoding gives the same completion every "
-                          "time. Fix: set temperature > 0 (e.g. 1.0) or samples_per_prompt: 1")
-    encoded = [tokenizer(p, truncation=max_prompt_length is not None, max_length=max_prompt_length)["input_ids"]
-               for p in prompts]
-    empty = [i for i, ids in enumerate(encoded) if not ids]
-    if empty:
-        raise LMDataError(f"prompts {empty[:5]} are empty after tokenisation; the teacher needs a token to continue")
-    limit = max_positions(teacher)
-    longest = max(len(ids) for ids in encoded) + max_new_tokens
-    if limit is not None and longest > limit:
-        raise LMDataError(f"prompt + max_new_tokens reach {longest} tokens but the teacher accepts at most {limit} "
-                          "(max_position_embeddings). Fix: lower max_new_tokens or max_prompt_length")
-    torch.manual_seed(seed)
-    rows = {"prompt": [], "completion": [], "prompt_ids": [], "completion_ids": []}
-    for _ in range(samples_per_prompt):
-        completions = generate_completions(teacher, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
-                                           pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                           batch_size=batch_size)
-        for text, ids, completion in zip(prompts, encoded, completions):
-            rows["prompt"].append(text)
-            rows["completion"].append(tokenizer.decode(completion, skip_special_tokens=True))
-            rows["prompt_ids"].append(list(ids))
-            rows["completion_ids"].append(completion)
-    return datasets.Dataset.from_dict(rows)
-
-
 class CausalLMCollator:
     """Batches for next-token training from raw examples, tokenised per batch.
 
@@ -260,25 +136,3 @@ class CausalLMCollator:
         if examples and all(isinstance(e, Mapping) and "id" in e for e in examples):
             batch["id"] = [e["id"] for e in examples]
         return batch
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, examples: Sequence, collate_fn, batch_size: int = 16) -> dict:
-    """``{"perplexity", "tokens"}`` of ``model`` over every labelled next token of ``examples``."""
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    nll, tokens = 0.0, 0
-    try:
-        for start in range(0, len(examples), batch_size):
-            batch = collate_fn([examples[i] for i in range(start, min(len(examples), start + batch_size))])
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-            targets = batch["labels"][:, 1:].to(device)
-            keep = targets != LABEL_PAD_ID
-            nll += float(torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum"))
-            tokens += int(keep.sum())
-    finally:
-        model.train(was_training)
-    return {"perplexity": math.exp(nll / tokens) if tokens else float("nan"), "tokens": tokens}

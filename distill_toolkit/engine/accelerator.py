@@ -27,12 +27,11 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, patch_environment
 
-from distill_toolkit.config import ConfigError, TrainingConfig
+from distill_toolkit.config import TEACHER_PLACEMENTS, ConfigError, TrainingConfig
 
 MODES = ("single", "ddp", "deepspeed", "fsdp")
-PLACEMENTS = ("replicated", "zero3", "fsdp", "cpu_offload")
 # Which teacher placements each launch mode can run.
 COMPATIBLE = {
     "single": ("replicated", "cpu_offload", "fsdp"),
@@ -95,9 +94,9 @@ def check_launch(training: TrainingConfig, where: str = "training") -> str:
             "--nproc_per_node N --master_addr 127.0.0.1 -m distill_toolkit.cli train CONFIG.yaml")
     mode = launch_mode(training)
     placement = training.teacher_placement
-    if placement not in PLACEMENTS:
+    if placement not in TEACHER_PLACEMENTS:
         raise ConfigError(f"{where}.teacher_placement", f"unknown placement {placement!r}",
-                          f"use one of {', '.join(PLACEMENTS)}")
+                          f"use one of {', '.join(TEACHER_PLACEMENTS)}")
     if placement not in COMPATIBLE[mode]:
         fixes = {
             "zero3": "launch with DeepSpeed (accelerate launch --config_file launch/zero2.yaml or launch/zero3.yaml, "
@@ -169,8 +168,6 @@ def build_accelerator(training: TrainingConfig) -> Accelerator:
     kwargs_handlers = []
     plugins = None
     if mode == "deepspeed":
-        # ACCELERATE_USE_CPU would make Accelerate drop DeepSpeed without a word.
-        os.environ.pop("ACCELERATE_USE_CPU", None)
         cpu = False
         plugins = _deepspeed_plugins(training)
         kwargs_handlers.append(InitProcessGroupKwargs(backend="nccl" if cuda else "gloo",
@@ -181,27 +178,26 @@ def build_accelerator(training: TrainingConfig) -> Accelerator:
             # Naming the backend outside a distributed launch would make Accelerate init a process group.
             kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo" if cpu else "nccl",
                                                           timeout=timedelta(minutes=10)))
-    if training.trackers and "wandb" in training.trackers:
-        # W&B must never block on the network: offline runs are written under output_dir/wandb.
-        os.environ.setdefault("WANDB_MODE", training.wandb_mode)
-        os.environ.setdefault("WANDB_DIR", training.output_dir)
-        os.environ.setdefault("WANDB_SILENT", "true")
     # Accelerate keeps its state in process-wide singletons; a second Trainer in the same
     # process (a teacher run, then a student run) may need other settings. The process
-    # group itself (PartialState) is kept.
+    # group itself (PartialState) is kept. (Accelerate has no public API for this.)
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    accelerator = Accelerator(
-        cpu=cpu,
-        mixed_precision=training.mixed_precision,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        log_with=list(training.trackers) or None,
-        project_config=ProjectConfiguration(project_dir=training.output_dir, logging_dir=training.output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=training.seed),
-        kwargs_handlers=kwargs_handlers,
-        step_scheduler_with_optimizer=False,
-        deepspeed_plugins=plugins,
-    )
+    # Under DeepSpeed, ACCELERATE_USE_CPU would make Accelerate drop DeepSpeed without a word: it is
+    # hidden while the Accelerator is built and restored right after (the environment is left as found).
+    hidden = {"ACCELERATE_USE_CPU": "false"} if mode == "deepspeed" and "ACCELERATE_USE_CPU" in os.environ else {}
+    with patch_environment(**hidden):
+        accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=training.mixed_precision,
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            log_with=list(training.trackers) or None,
+            project_config=ProjectConfiguration(project_dir=training.output_dir, logging_dir=training.output_dir),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=training.seed),
+            kwargs_handlers=kwargs_handlers,
+            step_scheduler_with_optimizer=False,
+            deepspeed_plugins=plugins,
+        )
     _check_built(accelerator, mode)
     return accelerator
 

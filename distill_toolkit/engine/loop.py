@@ -7,6 +7,7 @@ progress bar, callbacks); everything about *what is learnt* lives in the strateg
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -16,38 +17,35 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType, DistributedDataParallelKwargs, set_seed
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType, DistributedDataParallelKwargs, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from distill_toolkit.batch import model_inputs
 from distill_toolkit.config import DistillationConfig, TrainingConfig
+from distill_toolkit.data.cache import TeacherCache, resolve_teacher_cache, training_collator
+from distill_toolkit.data.multitask import TaskCollator, probe_batches, task_loader
 from distill_toolkit.data.samplers import LengthGroupedSampler
-from distill_toolkit.data.tasks import TaskCollator, probe_batches, task_loader
-from distill_toolkit.data.teacher_cache import TeacherCache, resolve_teacher_cache, training_collator
 from distill_toolkit.engine.accelerator import build_accelerator
-from distill_toolkit.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from distill_toolkit.engine.checkpoint import (load_checkpoint, newest_intact_checkpoint, resolve_resume,
+                                              save_checkpoint)
 from distill_toolkit.engine.export import export_student
 from distill_toolkit.engine.module import DistillationModule
-from distill_toolkit.engine.placement import build_teacher, place_teacher, prepare_student_config
-from distill_toolkit.engine.teachers import TeacherRunner, model_inputs, named_teachers
-from distill_toolkit.features import Adaptor, ModelView
-from distill_toolkit.metrics import accuracy  # noqa: F401  (the default metric; re-exported)
+from distill_toolkit.engine.run_dir import claim_output_dir
+from distill_toolkit.features import Adaptor
+from distill_toolkit.metrics import accuracy  # noqa: F401  (re-exported: the metric of most tasks)
 from distill_toolkit.strategies import build_strategy
+from distill_toolkit.teachers import TeacherRunner, build_teacher, named_teachers, place_teacher, prepare_student_config
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict]
+logger = get_logger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step, the term and the last good checkpoint."""
-
-
-def predictions_from_view(view: ModelView, task: str) -> torch.Tensor:
-    logits = view.logits[0]
-    if task == "multilabel_classification":
-        return (logits > 0).long()
-    return logits.argmax(dim=-1)
 
 
 @dataclass
@@ -85,13 +83,17 @@ class Trainer:
         teacher: a frozen teacher ``nn.Module`` (None for ``supervised``); several teachers as a
             list or a ``{role: model}`` dict; multi-task: ``{task: model or [models]}``, or one
             multi-head model for every task (see :mod:`distill_toolkit.strategies.base`). A
-            :class:`~distill_toolkit.data.teacher_cache.TeacherCache` stands in for a teacher: its outputs
+            :class:`~distill_toolkit.data.cache.TeacherCache` stands in for a teacher: its outputs
             are read from disk through the collator and no teacher forward runs (so does
             ``training.teacher_cache: PATH``; a teacher model passed then is only checked against the cache).
         eval_data: optional evaluation ``Dataset`` or ``DataLoader``; for multi-task runs a dict
             ``{task: Dataset}``, evaluated per task (metrics ``task/name``) and averaged.
         collate_fn: turns a list of examples into a batch dict.
-        metric_fn: ``(predictions, labels) -> {name: value}``; defaults to accuracy.
+        metric_fn: ``(predictions, labels) -> {name: value}``; default: the task's metric
+            (accuracy, entity F1, micro F1, exact match, perplexity; see :mod:`distill_toolkit.tasks`).
+        test_data: optional held-out ``Dataset``/``DataLoader``, scored once at the end (``result["test"]``).
+        label_names: the label names of the data, in id order (entity F1 reads the BIO tags from them).
+        task: overrides ``distillation.task`` (a registered task name, or ``auto``: read from the student).
         tokenizer: saved beside the exported student.
         student_adaptor, teacher_adaptor: optional ``(inputs, outputs) -> dict`` for models
             whose outputs are not Hugging Face's (keys: logits, logits_mask, losses, labels,
@@ -104,19 +106,20 @@ class Trainer:
                  eval_data: Union[Dataset, DataLoader, dict, None] = None, collate_fn: Optional[Callable] = None,
                  metric_fn: Optional[MetricFn] = None, tokenizer: Any = None,
                  student_adaptor: Optional[Adaptor] = None, teacher_adaptor: Optional[Adaptor] = None,
-                 callbacks: Optional[list] = None):
+                 callbacks: Optional[list] = None, test_data: Union[Dataset, DataLoader, None] = None,
+                 label_names: Optional[list] = None, task: Optional[str] = None):
         training.validate()
-        distillation.validate()
+        self.strategy = strategy = build_strategy(distillation)  # checks the distillation config first
         self.training, self.distillation = training, distillation
         self.accelerator = build_accelerator(training)
         set_seed(training.seed)
         self.tokenizer = tokenizer
-        self.metric_fn = metric_fn or accuracy
+        self.label_names = label_names
         self.callbacks = list(callbacks or [])
         self.should_stop = False
         self.state = TrainState()
+        self._last_eval: tuple = (None, {})  # (step, metrics) of the latest evaluation
 
-        self.strategy = strategy = build_strategy(distillation)
         if training.teacher_cache:  # outputs read from disk; a teacher model given is only checked against it
             teacher = resolve_teacher_cache(training.teacher_cache, teacher)
         given = {role: model if isinstance(model, TeacherCache) else
@@ -128,22 +131,26 @@ class Trainer:
         strategy.bind(list(given), list(train_data) if isinstance(train_data, dict) else None)
         if len(given) == len(strategy.teacher_roles) == 1:  # one teacher, whatever its name
             given = {strategy.teacher_roles[0]: next(iter(given.values()))}
-        self.module = DistillationModule(student, strategy, distillation.task, student_adaptor)
+        self.module = DistillationModule(student, strategy, task or distillation.task, student_adaptor)
+        self.task = self.module.task
+        self.metric_fn = metric_fn or functools.partial(self.task.metric, label_names=label_names)
         adaptors = teacher_adaptor if isinstance(teacher_adaptor, dict) else {}
         caches = {role: model for role, model in given.items() if isinstance(model, TeacherCache)}
         self.teachers: dict[str, TeacherRunner] = {
             role: TeacherRunner(None if role in caches else given[role], role, strategy.feature_keys()[role],
-                                distillation.task, adaptors.get(role, None if adaptors else teacher_adaptor), strategy,
+                                task or distillation.task, adaptors.get(role, None if adaptors else teacher_adaptor),
+                                strategy,
                                 in_memory=training.teacher_cache_in_memory)
             for role in strategy.teacher_roles}
-        train_collate = (training_collator(caches, train_data, collate_fn, strategy, distillation) if caches
-                         else collate_fn)  # cached teachers: their outputs ride in the batch, no forward
+        train_collate = (training_collator(caches, train_data, collate_fn, strategy.feature_keys(), distillation)
+                         if caches else collate_fn)  # cached teachers: their outputs ride in the batch, no forward
         self.probes = (probe_batches(train_data, training.batch_size, collate_fn)
                        if isinstance(train_data, dict) else None)  # one per task, for strategy.setup
         self.collate_fn = collate_fn
         self.train_loader = self._loader(train_data, training.batch_size, shuffle=True, collate_fn=train_collate)
         self.eval_loader = (None if eval_data is None else
                             self._loader(eval_data, training.eval_batch_size, shuffle=False, collate_fn=collate_fn))
+        self.test_data = test_data
 
     def _loader(self, data, batch_size: int, shuffle: bool, collate_fn):
         if isinstance(data, DataLoader):
@@ -178,7 +185,7 @@ class Trainer:
         self.module.student.to(device)
         prepare_student_config(acc, self.module.student)  # DeepSpeed `auto` sizes from the student
         for probe in self.probes or [next(iter(self.train_loader))]:
-            probe = self._prepare_batch(_to_device(probe, device), None)
+            probe = self._prepare_batch(send_to_device(probe, device), None)
             with torch.no_grad():
                 student_view = self.module.student_view(probe)
             teacher_views = {role: self.teachers[role](probe) for role in self.strategy.teachers_for(probe)}
@@ -207,28 +214,29 @@ class Trainer:
         self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer,
                                           num_warmup_steps=int(t.warmup_ratio * self.total_steps),
                                           num_training_steps=self.total_steps)
-        acc.register_for_checkpointing(self.lr_scheduler)
+        # Saved by engine/checkpoint.py as JSON; not registered with Accelerate, which would pickle it.
         if t.trackers:
             acc.init_trackers(t.project_name, config=_flat_config(t, self.distillation),
                               init_kwargs={"wandb": {"name": t.run_name, "dir": t.output_dir,
-                                                     "mode": t.wandb_mode}})
+                                                     "mode": t.wandb_mode, "settings": {"silent": True}}})
 
     def train(self) -> dict:
         """Run training to the end; returns final metrics, the export folder and the loss history."""
         acc, t = self.accelerator, self.training
+        self.run_record = claim_output_dir(acc, t, self.distillation)  # the folder is this run's, or refused
         self._setup()
-        resume = resolve_resume(t.resume_from, t.output_dir)
+        resume = resolve_resume(acc, t.resume_from, t.output_dir, self.run_record)
         if resume is not None:
-            self.state = TrainState(**load_checkpoint(acc, resume))
+            self.state = TrainState(**load_checkpoint(acc, resume, model=self.module, optimizer=self.optimizer,
+                                                      scheduler=self.lr_scheduler))
             acc.print(f"resumed from {resume} at step {self.state.global_step}")
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="distill",
                    disable=not (t.progress_bar and acc.is_local_main_process), dynamic_ncols=True)
         clip_params = [p for p in self.module.parameters() if p.requires_grad]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        # Strategies whose loss is a sum over items (tokens) are normalised by the items of the
-        # whole accumulation window on all ranks, so uneven micro-batches equal one big batch.
-        per_item = hasattr(self.strategy, "loss_items")
+        # Strategies whose loss is a sum over items (tokens; loss_items is not None) are normalised by the
+        # items of the whole accumulation window on all ranks, so uneven micro-batches equal one big batch.
         deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         window_items = 0
         start = time.perf_counter()
@@ -248,7 +256,8 @@ class Trainer:
                         teachers = {role: self.teachers[role](batch) for role in self.strategy.teachers_for(batch)}
                     loss, terms, _ = self.module(batch, teachers, progress)
                     self._check_finite(loss, terms)
-                    items = self.strategy.loss_items(batch) if per_item else None
+                    items = self.strategy.loss_items(batch)
+                    per_item = items is not None
                     # DeepSpeed steps inside backward: there the loss is scaled before it (see _deepspeed_scale)
                     acc.backward(loss * self._deepspeed_scale(items) if per_item and deepspeed else loss)
                     if per_item:
@@ -296,13 +305,17 @@ class Trainer:
                     self._evaluate_and_track(self.state.global_step)
         bar.close()
         elapsed = time.perf_counter() - start
-        metrics = self.evaluate() if self.eval_loader is not None else {}
-        if metrics and t.trackers:
-            acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
+        metrics = {}
+        if self.eval_loader is not None:  # the final weights are evaluated, and compete for best/, once
+            metrics = self._last_eval[1] if self._last_eval[0] == self.state.global_step else \
+                self._evaluate_and_track(self.state.global_step)
         export_dir = export_student(acc, self.module, Path(t.output_dir) / "final", self.tokenizer)
         result = {"global_step": self.state.global_step, "eval": metrics, "export_dir": str(export_dir),
                   "best_metric": self.state.best_metric, "best_step": self.state.best_step,
                   "train_seconds": elapsed, "history": self.state.history}
+        if self.test_data is not None:
+            result["test"] = self.evaluate(self.test_data)
+        self.module.eval()  # training is over: whoever uses the model next gets it without dropout
         if acc.is_main_process:
             (Path(t.output_dir) / "result.json").write_text(json.dumps(
                 {k: v for k, v in result.items() if k != "history"}, indent=2))
@@ -314,13 +327,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def _prepare_batch(self, batch: dict, key) -> dict:
-        """The strategy's ``prepare_batch`` hook, if it has one: checks, or a new batch (e.g. on-policy samples),
-        before any model runs. ``key`` names the micro-batch alike on every rank (None for the probe)."""
-        prepare = getattr(self.strategy, "prepare_batch", None)
-        if prepare is None:
-            return batch
+        """The strategy's ``prepare_batch`` hook: checks, or a new batch (e.g. on-policy samples), before any
+        model runs. ``key`` names the micro-batch alike on every rank (None for the probe)."""
         student = self.accelerator.unwrap_model(self.module).student
-        return prepare(batch, student, {role: runner.model for role, runner in self.teachers.items()}, key)
+        return self.strategy.prepare_batch(batch, student, {role: r.model for role, r in self.teachers.items()}, key)
 
     def _deepspeed_scale(self, items: int) -> float:
         """Under DeepSpeed, the factor that makes a summed loss the mean over the tokens of all ranks.
@@ -364,26 +374,32 @@ class Trainer:
         if not bad:
             return
         culprits = [name for name, v in terms.items() if not torch.isfinite(v).all()] or ["loss"]
-        last = resolve_resume("latest", self.training.output_dir)
+        last = newest_intact_checkpoint(self.training.output_dir, getattr(self, "run_record", None))
         raise NonFiniteLossError(
             f"non-finite loss at step {self.state.global_step + 1} (epoch {self.state.epoch}): term(s) "
             f"{', '.join(culprits)} = {[float(terms.get(n, loss)) for n in culprits]}. Training stopped; "
-            f"last good checkpoint: {last or 'none saved yet'}. Fix: lower training.learning_rate, set "
+            f"newest intact checkpoint: {last or 'none saved yet'}. Fix: lower training.learning_rate, set "
             "training.max_grad_norm, lower that term's weight, or check the inputs of that step")
 
     def _evaluate_and_track(self, step: int) -> dict:
+        """Evaluate, log, call the callbacks, and export ``best/`` when the metric improved."""
         metrics = self.evaluate()
+        self._last_eval = (step, metrics)
         acc, t = self.accelerator, self.training
         if t.trackers:
             acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        acc.print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         for cb in self.callbacks:
             cb.on_evaluate(self, step, metrics)
-        key = t.metric_for_best or next(iter(metrics), None)
+        if t.metric_for_best:
+            key, greater = t.metric_for_best, t.greater_is_better
+        else:  # the task's headline metric, in its own direction (perplexity: lower is better)
+            key = self.task.metric_name if self.task.metric_name in metrics else next(iter(metrics), None)
+            greater = self.task.greater_is_better if key == self.task.metric_name else t.greater_is_better
         value = metrics.get(key) if key else None
-        if value is not None:
+        if value is not None and not math.isnan(value):
             best = self.state.best_metric
-            better = best is None or (value > best if t.greater_is_better else value < best)
+            better = best is None or (value > best if greater else value < best)
             if better:
                 self.state.best_metric, self.state.best_step = value, step
                 self.state.best_checkpoint = str(export_student(acc, self.module, Path(t.output_dir) / "best",
@@ -412,9 +428,9 @@ class Trainer:
         inner = acc.unwrap_model(model)
         with torch.no_grad():
             for batch in loader:
-                view = inner.student_view(batch)
-                pred = predictions_from_view(view, inner.task)
-                gold = model_inputs(batch, "student").get("labels")
+                view = inner.student_view(batch, training=False)
+                pred = inner.task.predictions(view)
+                gold = inner.task.gold(model_inputs(batch, "student"))
                 if gold is None:
                     raise ValueError("evaluation data has no `labels`; add them or pass eval_data=None")
                 if pred.dim() > 1:
@@ -428,7 +444,9 @@ class Trainer:
 
     def save_checkpoint(self):
         return save_checkpoint(self.accelerator, self.training.output_dir, self.state.global_step,
-                               self.state.__dict__.copy(), self.training.save_total_limit)
+                               self.state.__dict__.copy(), self.training.save_total_limit, model=self.module,
+                               optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                               run=getattr(self, "run_record", None))
 
 
 def _lengths(data) -> list[int]:
@@ -450,16 +468,6 @@ def _concat_padded(arrays: list) -> np.ndarray:
     padded = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=-100)
               for a in arrays]
     return np.concatenate(padded)
-
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def _flat_config(training: TrainingConfig, distillation: DistillationConfig) -> dict:

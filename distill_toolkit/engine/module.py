@@ -11,10 +11,11 @@ from typing import Optional
 
 from torch import nn
 
-from distill_toolkit.data.tasks import accepts_task, batch_task
-from distill_toolkit.engine.teachers import forward_inputs, model_inputs
-from distill_toolkit.features import Adaptor, FeatureCapture, detect_task, view_from_adaptor, view_outputs
-from distill_toolkit.strategies.base import Strategy
+from distill_toolkit.batch import batch_task
+from distill_toolkit.features import Adaptor, FeatureCapture, ModelView, accepts_task
+from distill_toolkit.strategies import Strategy
+from distill_toolkit.tasks import forward_view, resolve_task
+from distill_toolkit.teachers.runner import model_call_inputs
 
 
 class DistillationModule(nn.Module):
@@ -25,7 +26,7 @@ class DistillationModule(nn.Module):
         super().__init__()
         self.student = student
         self.strategy = strategy
-        self.task = detect_task(student) if task == "auto" else task
+        self.task = resolve_task(task, student)
         self.adaptor = adaptor
         keys = strategy.feature_keys()["student"]
         hooked = [k for k in keys if adaptor is None or k.startswith("module:")]
@@ -33,20 +34,13 @@ class DistillationModule(nn.Module):
         self.__dict__["capture"] = FeatureCapture(student, hooked)
         self.takes_task = accepts_task(student)  # multi-head students get the batch's task
 
-    def student_view(self, batch):
-        inputs = forward_inputs(model_inputs(batch, "student"), self.strategy, "student")
-        task = batch_task(batch)
-        if self.takes_task and task is not None:
-            inputs = {**inputs, "task": task}
-        self.capture.active = True
-        try:
-            outputs = self.student(**inputs)
-        finally:
-            self.capture.active = False
-        view = (view_from_adaptor(self.adaptor(inputs, outputs), outputs) if self.adaptor
-                else view_outputs(outputs, inputs, self.task))
-        view.features.update(self.capture.collect())
-        view.task = task
+    def student_view(self, batch, training: bool = True) -> ModelView:
+        """The student's view of ``batch``: with the strategy's overrides and hooks when ``training``,
+        as the task evaluates it otherwise (e.g. full logits for a causal LM)."""
+        overrides = self.strategy.forward_overrides("student") if training else self.task.eval_overrides()
+        inputs = model_call_inputs(batch, "student", self.student, overrides, self.takes_task)
+        view = forward_view(self.student, inputs, self.task, self.capture if training else None, self.adaptor)
+        view.task = batch_task(batch)
         view.model = self.student
         return view
 

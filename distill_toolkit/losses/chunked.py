@@ -10,18 +10,23 @@ chunk's logits are recomputed there: peak memory holds one ``[chunk, vocab]`` bl
 The teacher side may also be given as rows that are already distributions (dense logits, or a
 top-k :class:`~distill_toolkit.losses.logits.SparseTeacher` read from a teacher cache), and a
 ZeRO-3-partitioned teacher head is gathered once per call by :func:`materialised_head`.
+
+Per-row temperatures (``flsw``/``cwsm`` schedules) are passed as an ``(N,)`` tensor; their
+statistic over all rows is gathered a chunk at a time, without gradients, by
+:func:`chunked_row_map`. ``shift_labels`` applies TextBrewer's probability shift to each chunk's
+teacher logits.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from distill_toolkit.losses.logits import SparseTeacher
+from distill_toolkit.losses.logits import SparseTeacher, probability_shift
 from distill_toolkit.losses.registry import get
 
 
@@ -70,9 +75,56 @@ def materialised_head(head: nn.Module) -> Iterator[Callable[[Tensor], Tensor]]:
     yield lambda hidden: torch.nn.functional.linear(hidden, weight, bias)
 
 
+def _chunk_logits(h_S: Tensor, head_S: Callable[[Tensor], Tensor], h_T, head_T: Optional[Callable[[Tensor], Tensor]],
+                  shift: Optional[Tensor]):
+    """The two heads' fp32 logits on one chunk (the teacher's without gradients), the teacher's probability-shifted."""
+    logits_S = head_S(h_S).float()
+    if head_T is None:
+        logits_T = h_T if isinstance(h_T, SparseTeacher) else h_T.float()
+    else:
+        with torch.no_grad():
+            logits_T = head_T(h_T).float()
+    if shift is not None:
+        logits_T = probability_shift(logits_T, shift)
+    return logits_S, logits_T
+
+
+def _check_rows(hidden_S: Tensor, hidden_T, temperature, shift_labels: Optional[Tensor], fn: str) -> None:
+    n = hidden_S.shape[0]
+    if n != _num_rows(hidden_T):
+        raise ValueError(f"{fn}: student has {n} rows and teacher {_num_rows(hidden_T)}; both must be the same "
+                         "positions")
+    if isinstance(temperature, Tensor) and tuple(temperature.shape) != (n,):
+        raise ValueError(f"{fn}: temperature tensor has shape {tuple(temperature.shape)}; give a float or one "
+                         f"temperature per row, shape ({n},)")
+    if shift_labels is not None and isinstance(hidden_T, SparseTeacher):
+        raise ValueError(f"{fn}: shift_labels (probability shift) needs the teacher's full logits, but the teacher "
+                         "is a top-k SparseTeacher. Fix: use dense teacher logits, or no probability shift")
+
+
+def chunked_row_map(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T: Union[Tensor, SparseTeacher],
+                    head_T: Optional[Callable[[Tensor], Tensor]], fn: Callable[[Tensor, Any], Tensor], *,
+                    chunk_size: int = 1024, shift_labels: Optional[Tensor] = None) -> Tensor:
+    """``fn(logits_S, logits_T)``, one value per row, computed chunk by chunk without gradients: shape ``(N,)``.
+
+    The per-row statistic of a temperature schedule over all ``N`` rows (e.g.
+    :meth:`~distill_toolkit.schedulers.CentredTemperature.weights`), holding one chunk of logits at a
+    time; arguments as :func:`chunked_lm_kd`.
+    """
+    _check_rows(hidden_S, hidden_T, 1.0, shift_labels, "chunked_row_map")
+    out = []
+    with torch.no_grad():
+        for start in range(0, hidden_S.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            shift = None if shift_labels is None else shift_labels[rows]
+            out.append(fn(*_chunk_logits(hidden_S[rows], head_S, _slice(hidden_T, rows), head_T, shift)))
+    return torch.cat(out) if out else hidden_S.new_zeros(0, dtype=torch.float32)
+
+
 def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T: Union[Tensor, SparseTeacher],
-                  head_T: Optional[Callable[[Tensor], Tensor]], *, loss: str = "forward_kl", temperature: float = 1.0,
-                  chunk_size: int = 1024, labels: Optional[Tensor] = None, **loss_kwargs) -> tuple[Tensor, Tensor]:
+                  head_T: Optional[Callable[[Tensor], Tensor]], *, loss: str = "forward_kl",
+                  temperature: Union[float, Tensor] = 1.0, chunk_size: int = 1024, labels: Optional[Tensor] = None,
+                  shift_labels: Optional[Tensor] = None, **loss_kwargs) -> tuple[Tensor, Tensor]:
     """Sum over positions of ``loss(head_S(hidden_S), head_T(hidden_T))``, chunk by chunk.
 
     Args:
@@ -82,26 +134,25 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
             runs without gradients. ``head_T=None``: ``hidden_T`` already holds the teacher's
             distribution per row, as logits ``(N, V)`` or a top-k ``SparseTeacher`` (teacher cache).
         loss: a logits loss from the registry (``forward_kl``, ``reverse_kl``, ``jsd``, ...).
+        temperature: a float, or one temperature per row ``(N,)`` (a ``flsw``/``cwsm`` schedule's,
+            whose statistics :func:`chunked_row_map` gathers over all rows, so the value does not
+            depend on ``chunk_size``).
         labels: optional ``(N,)`` target ids; then the student's cross-entropy sum is returned too.
+        shift_labels: optional ``(N,)`` true target ids: each row's teacher logits get the
+            probability shift (top logit swapped with the label's; see
+            :func:`~distill_toolkit.losses.probability_shift`) before the loss. Dense teachers only.
         loss_kwargs: passed to the loss (e.g. ``beta`` for ``jsd``, ``top_k``).
 
     Returns:
         ``(kd_sum, ce_sum)``: sums over the ``N`` rows (``ce_sum`` is 0 without labels). Divide by
         the number of tokens of the whole batch (all micro-batches and ranks) for the mean.
     """
-    if hidden_S.shape[0] != _num_rows(hidden_T):
-        raise ValueError(f"chunked_lm_kd: student has {hidden_S.shape[0]} rows and teacher {_num_rows(hidden_T)}; "
-                         "both must be the same positions")
+    _check_rows(hidden_S, hidden_T, temperature, shift_labels, "chunked_lm_kd")
     loss_fn = get(loss)
 
-    def chunk_loss(h_S: Tensor, h_T, y: Optional[Tensor]) -> Tensor:
-        logits_S = head_S(h_S).float()
-        if head_T is None:
-            logits_T = h_T if isinstance(h_T, SparseTeacher) else h_T.float()
-        else:
-            with torch.no_grad():
-                logits_T = head_T(h_T).float()
-        value = loss_fn(logits_S, logits_T, temperature, **loss_kwargs) * h_S.shape[0]
+    def chunk_loss(h_S: Tensor, h_T, t, shift: Optional[Tensor], y: Optional[Tensor]) -> Tensor:
+        logits_S, logits_T = _chunk_logits(h_S, head_S, h_T, head_T, shift)
+        value = loss_fn(logits_S, logits_T, t, **loss_kwargs) * h_S.shape[0]
         ce = (torch.nn.functional.cross_entropy(logits_S, y, reduction="sum") if y is not None
               else logits_S.new_zeros(()))
         return torch.stack([value, ce])
@@ -109,9 +160,11 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
     total = hidden_S.new_zeros(2, dtype=torch.float32)
     for start in range(0, hidden_S.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        y = labels[rows] if labels is not None else None
+        args = (hidden_S[rows], _slice(hidden_T, rows), temperature[rows] if isinstance(temperature, Tensor)
+                else temperature, None if shift_labels is None else shift_labels[rows],
+                None if labels is None else labels[rows])
         if torch.is_grad_enabled() and hidden_S.requires_grad:
-            total = total + checkpoint(chunk_loss, hidden_S[rows], _slice(hidden_T, rows), y, use_reentrant=False)
+            total = total + checkpoint(chunk_loss, *args, use_reentrant=False)
         else:
-            total = total + chunk_loss(hidden_S[rows], _slice(hidden_T, rows), y)
+            total = total + chunk_loss(*args)
     return total[0], total[1]

@@ -450,3 +450,23 @@ def multilabel_kd(
     target = torch.sigmoid(t_rows / temp)
     per_row = F.binary_cross_entropy_with_logits(s_rows / temp, target, reduction="none").mean(dim=-1)
     return _reduce(per_row, s_rows)
+
+
+# ----------------------------------------------------------------------------- teacher transforms
+
+
+def probability_shift(logits_T: Tensor, labels: Tensor) -> Tensor:
+    """Swap the teacher's top logit with the true label's, so the teacher's argmax is the label (TextBrewer).
+
+    Works on rows ``(N, C)`` with labels ``(N,)``; labels ``< 0`` (ignored positions) are left unchanged.
+    Returns a new tensor; ``logits_T`` is not modified.
+    """
+    logits_T = logits_T.clone()
+    rows = torch.arange(logits_T.size(0), device=logits_T.device)
+    top = logits_T.argmax(dim=-1)
+    target = torch.where(labels < 0, top, labels)
+    top_value = logits_T[rows, top].clone()
+    target_value = logits_T[rows, target].clone()
+    logits_T[rows, top] = target_value
+    logits_T[rows, target] = top_value
+    return logits_T

@@ -6,11 +6,19 @@ masked by setting their labels to ``-100``)::
     kd_loss_weight(t) * D(p_T || p_S; T)  +  hard_label_weight(t) * CE(student, next token)
     + intermediate matches (hidden states, with projections), as in ``single``
 
-``D`` is any logits loss of the registry (``forward_kl``, ``reverse_kl``, ``jsd``, ``skew_kl``,
-``total_variation``; ``kd_loss_kwargs`` carries ``beta``/``alpha``/``top_k``). The loss is a *sum*
-over tokens; the loop divides the gradients by the number of tokens of the whole accumulation
-window on all ranks (:meth:`loss_items`), so micro-batches with different token counts give the
-same update as one big batch.
+the :class:`~distill_toolkit.strategies.objective.KDObjective`, every setting of it honoured. ``D``
+is any logits loss of the registry (``forward_kl``, ``reverse_kl``, ``jsd``, ``skew_kl``,
+``total_variation``; ``kd_loss_kwargs`` carries ``beta``/``alpha``/``top_k``).
+``temperature_scheduler`` (``flsw``/``cwsm``) gives each token its temperature, its mean taken over
+all the micro-batch's counted tokens (whatever ``chunk_size``; one extra pass of the heads without
+gradients); ``probability_shift`` swaps the teacher's top logit with the true next token's. A top-k
+teacher cache has no full logits, so with one these two are refused at setup (``cwsm``, which reads
+the student only, still applies). On-policy batches hold no ground truth: they get no hard-label
+term and no probability shift.
+
+The loss is a *sum* over tokens; the loop divides the gradients by the number of tokens of the
+whole accumulation window on all ranks (:meth:`loss_items`), so micro-batches with different
+token counts give the same update as one big batch.
 
 Memory: the models are asked for no full-vocabulary logits (``logits_to_keep=1``, no ``labels``);
 the final hidden states are captured by a hook on the output head and the KD is computed
@@ -38,22 +46,23 @@ resumed run decides as the uninterrupted one); each rank samples from its own pr
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 
+from distill_toolkit.batch import model_inputs
 from distill_toolkit.config import ConfigError
-from distill_toolkit.data.lm import generate_completions, lm_batch, max_positions, prompts_of
-from distill_toolkit.features import ModelView, unwrap
+from distill_toolkit.config.base import is_finite_number, is_int
+from distill_toolkit.data.lm import lm_batch, prompts_of
+from distill_toolkit.features import HEAD_INPUT, ModelView, max_positions, unwrap
 from distill_toolkit.losses import SparseTeacher
-from distill_toolkit.losses.chunked import chunked_lm_kd, materialised_head
-from distill_toolkit.schedulers import scheduled_weight
-from distill_toolkit.strategies.base import StrategyError, register_strategy
-from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys, select_rows
+from distill_toolkit.losses.chunked import materialised_head
+from distill_toolkit.strategies.base import Strategy, StrategyError, register_strategy
+from distill_toolkit.strategies.generation import generate_completions
+from distill_toolkit.strategies.objective import KDObjective, select_rows
+from distill_toolkit.tasks import next_token_mask
 
-HEAD_INPUT = "head_input"
 OPTIONS = {"lmbda": 0.0, "max_new_tokens": 32, "generation_temperature": 1.0, "chunk_size": 1024}
 CROSS_TOKENIZER = ("Fix: use a student that shares the teacher's tokenizer (e.g. built from the teacher's layers, "
                    "student_from_teacher). Token-level KD compares distributions over the same classes; the "
@@ -62,21 +71,13 @@ CROSS_TOKENIZER = ("Fix: use a student that shares the teacher's tokenizer (e.g.
                    "(strategy 'single', kd_loss_weight: 0), not for LM logits")
 
 
-def _student_inputs(batch: dict) -> dict:
-    from distill_toolkit.engine.teachers import model_inputs  # engine imports strategies: import late
-
-    return model_inputs(batch, "student")
-
-
 def next_token_targets(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mask, targets)`` of shape ``(B, L-1)``: which positions predict a real next token, and which."""
     ids = inputs["input_ids"]
-    labels = inputs.get("labels", ids)
-    targets = labels[:, 1:]
-    mask = targets != -100
-    if "attention_mask" in inputs:
-        mask = mask & inputs["attention_mask"][:, 1:].bool()
-    return mask, targets.masked_fill(~mask, 0)
+    mask = next_token_mask(inputs)
+    if mask is None:  # neither padding nor labels: every position counts
+        mask = torch.ones_like(ids[:, 1:], dtype=torch.bool)
+    return mask, inputs.get("labels", ids)[:, 1:].masked_fill(~mask, 0)
 
 
 def _draw(key: tuple) -> float:
@@ -98,11 +99,12 @@ def _pad_id(model: nn.Module) -> int:
 
 
 @register_strategy("causal_lm")
-class CausalLMDistillation(SingleTeacher):
+class CausalLMDistillation(Strategy):
     """Next-token KD between decoder LMs with a shared vocabulary; optionally on the student's own samples."""
 
     def __init__(self, config):
         super().__init__(config)
+        self.objective = KDObjective(config)
         options = self.check_options(self.options)
         self.lmbda = options["lmbda"]
         self.max_new_tokens = options["max_new_tokens"]
@@ -110,39 +112,36 @@ class CausalLMDistillation(SingleTeacher):
         self.chunk_size = options["chunk_size"]
         self.on_policy = False  # whether the current micro-batch holds the student's samples
 
-    @staticmethod
-    def check_options(options: dict, where: str = "distillation.strategy_options") -> dict:
+    @property
+    def projections(self) -> nn.ModuleList:
+        """One per match, built by :meth:`setup` (``Identity`` where none is needed)."""
+        return self.objective.projections
+
+    @classmethod
+    def check_options(cls, options: dict, where: str = "distillation.strategy_options") -> dict:
         """``options`` completed with the defaults; a :class:`ConfigError` naming the bad field otherwise."""
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}", "unknown option of strategy 'causal_lm'",
                               f"use one of {', '.join(OPTIONS)}")
         out = {**OPTIONS, **options}
-
-        def number(x):
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        def integer(x):
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        if not (number(out["lmbda"]) and 0 <= out["lmbda"] <= 1):
+        if not (is_finite_number(out["lmbda"]) and 0 <= out["lmbda"] <= 1):
             raise ConfigError(f"{where}.lmbda", f"must be a fraction in [0, 1], got {out['lmbda']!r}",
                               "set e.g. `lmbda: 0.5` (half the batches on the student's samples), or 0 for none")
-        if not (integer(out["max_new_tokens"]) and out["max_new_tokens"] > 0):
+        if not (is_int(out["max_new_tokens"]) and out["max_new_tokens"] > 0):
             raise ConfigError(f"{where}.max_new_tokens", f"must be a positive integer, got {out['max_new_tokens']!r}",
                               "set e.g. `max_new_tokens: 32`")
-        if not (number(out["generation_temperature"]) and out["generation_temperature"] >= 0):
+        if not (is_finite_number(out["generation_temperature"]) and out["generation_temperature"] >= 0):
             raise ConfigError(f"{where}.generation_temperature",
                               f"must be a number >= 0, got {out['generation_temperature']!r}",
                               "set e.g. `generation_temperature: 1.0` (0 decodes greedily)")
-        if not (integer(out["chunk_size"]) and out["chunk_size"] > 0):
+        if not (is_int(out["chunk_size"]) and out["chunk_size"] > 0):
             raise ConfigError(f"{where}.chunk_size", f"must be a positive integer, got {out['chunk_size']!r}",
                               "set e.g. `chunk_size: 1024`")
         return out
 
     def feature_keys(self) -> dict[str, list[str]]:
-        keys = super().feature_keys()
-        return {role: [HEAD_INPUT] + feature for role, feature in keys.items()}
+        return {role: [HEAD_INPUT] + keys for role, keys in self.objective.feature_keys().items()}
 
     def forward_overrides(self, role: str) -> dict:
         return {"labels": None, "logits_to_keep": 1, "use_cache": False}
@@ -152,7 +151,7 @@ class CausalLMDistillation(SingleTeacher):
         """Check ``batch`` against the models' position limits, and on on-policy draws replace its
         completions by the student's samples (prompt and padding masked). ``key`` identifies the
         micro-batch identically on every rank; ``None`` (the probe batch) never generates."""
-        inputs = _student_inputs(batch)
+        inputs = model_inputs(batch, "student")
         limit, owner = self._position_limit(student, teachers)
         self._check_length(inputs["input_ids"].shape[1], limit, owner, "a batch")
         self.on_policy = key is not None and self.lmbda > 0 and _draw(key) < self.lmbda
@@ -200,47 +199,37 @@ class CausalLMDistillation(SingleTeacher):
             raise StrategyError(
                 f"student vocabulary ({vocab_S}) differs from the teacher's ({vocab_T}): token-level KD needs the "
                 f"same vocabulary. {CROSS_TOKENIZER}")
-        if teacher.model is None and self.lmbda > 0:
-            raise StrategyError("distillation.strategy_options.lmbda > 0 needs the teacher model to score the "
-                                "student's samples; a teacher cache only holds outputs for the data set. "
-                                "Fix: pass the teacher model, or set lmbda: 0")
-        self.projections = torch.nn.ModuleList(
-            self._build_projection(i, m, student, teacher) for i, m in enumerate(self.config.matches))
+        if teacher.model is None:
+            if self.lmbda > 0:
+                raise StrategyError("distillation.strategy_options.lmbda > 0 needs the teacher model to score the "
+                                    "student's samples; a teacher cache only holds outputs for the data set. "
+                                    "Fix: pass the teacher model, or set lmbda: 0")
+            self.objective.check_kd_source(teacher.logits[0])
+        self.objective.build_projections(student, teachers)
 
     def loss_items(self, batch: dict) -> int:
-        mask, _ = next_token_targets(_student_inputs(batch))
+        """The number of next tokens that count in ``batch``: the loss is a sum over them."""
+        mask, _ = next_token_targets(model_inputs(batch, "student"))
         return int(mask.sum())
 
     def forward(self, batch, student: ModelView, teachers: dict[str, ModelView], progress: float):
         teacher = teachers["teacher"]
-        cfg = self.config
-        inputs = _student_inputs(batch)
-        mask, targets = next_token_targets(inputs)
+        mask, targets = next_token_targets(model_inputs(batch, "student"))
         n = max(int(mask.sum()), 1)
         hidden_S = student.features[HEAD_INPUT][:, :-1][mask]
         head_S = unwrap(student.model).get_output_embeddings()
-        # the student's own samples are no ground truth: on-policy batches get no hard-label term
-        hard = cfg.hard_label_weight > 0 and not self.on_policy
-        kwargs = dict(loss=cfg.kd_loss, temperature=cfg.temperature, chunk_size=self.chunk_size,
-                      labels=targets[mask] if hard else None, **cfg.kd_loss_kwargs)
+        # the student's own samples are no ground truth: no hard-label term, no probability shift on them
+        token_kd = dict(ground_truth=not self.on_policy, chunk_size=self.chunk_size)
         if HEAD_INPUT in teacher.features:  # a teacher model: its head runs on its final hidden states
             hidden_T = teacher.features[HEAD_INPUT][:, :-1][mask]
             with materialised_head(unwrap(teacher.model).get_output_embeddings()) as head_T:
-                kd_sum, ce_sum = chunked_lm_kd(hidden_S, head_S, hidden_T, head_T, **kwargs)
+                kd, hard = self.objective.token_kd(hidden_S, head_S, hidden_T, head_T, targets[mask], **token_kd)
         else:  # a teacher cache: (top-k) distributions of the shifted positions, read from the batch
-            kd_sum, ce_sum = chunked_lm_kd(hidden_S, head_S, select_rows(teacher.logits[0], mask), None, **kwargs)
-        terms = {"kd": kd_sum.detach() / n}
+            rows_T = select_rows(teacher.logits[0], mask)
+            kd, hard = self.objective.token_kd(hidden_S, head_S, rows_T, None, targets[mask], **token_kd)
+        # matches are means over the micro-batch; items=n weights them by its tokens so the window mean holds
+        loss, terms = self.objective.total(progress, kd=kd, hard=hard,
+                                           matches=self.objective.match_terms(student, teachers), items=n)
         if self.lmbda > 0:
-            terms["on_policy"] = torch.tensor(float(self.on_policy), device=kd_sum.device)
-        total = scheduled_weight(cfg.kd_loss_weight_schedule, cfg.kd_loss_weight, progress) * kd_sum
-        if hard:
-            terms["hard_label"] = ce_sum.detach() / n
-            total = total + scheduled_weight(cfg.hard_label_weight_schedule, cfg.hard_label_weight, progress) * ce_sum
-        for match, loss_fn, proj in zip(cfg.matches, self.match_losses, self.projections):
-            feats_S = [proj(student.features[k]) for k in match_feature_keys(match, "student")]
-            feats_T = [teacher.features[k] for k in match_feature_keys(match, "teacher")]
-            value = loss_fn(feats_S[0], feats_T[0], mask=inputs.get("attention_mask"))
-            terms[match.name()] = value.detach()
-            # matches are means over the micro-batch; weight them by its tokens so the window mean holds
-            total = total + scheduled_weight(match.weight_schedule, match.weight, progress) * value * n
-        return total, terms
+            terms["on_policy"] = torch.tensor(float(self.on_policy), device=kd.device)
+        return loss, terms

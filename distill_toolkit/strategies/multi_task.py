@@ -2,7 +2,7 @@
 
 TextBrewer's MultiTaskDistiller, extended: intermediate matches per task, and several teachers
 per task (combined as in ``multi_teacher``). Each batch holds one task (``batch["task"]``, set
-by the multi-task data loader, see :mod:`distill_toolkit.data.tasks`); the student and a
+by the multi-task data loader, see :mod:`distill_toolkit.data.multitask`); the student and a
 multi-head teacher receive it as ``task=``.
 
 Teachers (``Trainer(teacher=...)``), by role:
@@ -25,8 +25,8 @@ from typing import Optional
 
 from torch import nn
 
+from distill_toolkit.batch import batch_task
 from distill_toolkit.config import DistillationConfig
-from distill_toolkit.data.tasks import batch_task
 from distill_toolkit.features import ModelView
 from distill_toolkit.strategies.base import Strategy, StrategyError, register_strategy
 from distill_toolkit.strategies.multi_teacher import MultiTeacher
@@ -116,24 +116,14 @@ class MultiTask(Strategy):
         task = self._task_of(view=student)
         self.per_task[self._key(task)].setup(student, {r: teachers[r] for r in self.task_roles[task]})
 
-    def param_groups(self, learning_rate: float) -> list[dict]:
-        params = [p for sub in self.per_task.values() for p in sub.projections.parameters() if p.requires_grad]
-        return [{"params": params, "lr": learning_rate}] if params else []
-
     # ---- step 4: the loss ----------------------------------------------------------------
     def forward(self, batch, student: ModelView, teachers: dict[str, ModelView], progress: float):
         task = self._task_of(view=student)
         sub = self.per_task[self._key(task)]
-        if not sub.ready:
+        if not sub.objective.ready:
             raise StrategyError(f"task {task!r} was not set up: the Trainer probes one batch per task when "
                                 "train_data is a {task: dataset} dict. Fix: pass the data that way")
         loss, terms = sub(batch, student, {r: teachers[r] for r in self.task_roles[task]}, progress)
         own = f"{task}/"  # a role "movies/teacher0" is logged as "movies/teacher0/...", not "movies/movies/..."
         return loss, {own + name.removeprefix(own): value for name, value in terms.items()}
-
-
-def task_terms(history_row: dict, task: str) -> dict:
-    """The logged terms of one task in a history row (``train/movies/kd`` -> ``kd``)."""
-    prefix = f"train/{task}/"
-    return {k[len(prefix):]: v for k, v in history_row.items() if k.startswith(prefix)}
 

@@ -17,11 +17,12 @@ intermediate layers. Here the loss is::
   ``sum_r (c_r / sum_q c_q) * logits_r``. Confident teachers speak louder on the examples they
   are sure of; the weights carry no gradient.
 
-A match reads every teacher unless it names one (``Match(teacher="teacher1", ...)``), so teachers
-of different depths each get the layers they have; each (match, teacher) pair has its own
-projection, so teachers may differ in width. Logged terms: ``kd``, ``hard_label`` and
-``<role>/<match name>`` (e.g. ``teacher1/hidden_mse/S2-T4``). With one teacher the loss equals
-the ``single`` strategy's.
+The loss is the :class:`~distill_toolkit.strategies.objective.KDObjective` with several teachers,
+KD reading the combined view. A match reads every teacher unless it names one
+(``Match(teacher="teacher1", ...)``), so teachers of different depths each get the layers they
+have; each (match, teacher) pair has its own projection, so teachers may differ in width. Logged
+terms: ``kd``, ``hard_label`` and ``<role>/<match name>`` (e.g. ``teacher1/hidden_mse/S2-T4``).
+With one teacher, KD reads it as it is and the loss equals the ``single`` strategy's.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from distill_toolkit.config import PAIR_LOSSES, DistillationConfig, Match
+from distill_toolkit.config import DistillationConfig
 from distill_toolkit.features import ModelView
-from distill_toolkit.schedulers import scheduled_weight
-from distill_toolkit.strategies.base import StrategyError, register_strategy
-from distill_toolkit.strategies.single import SingleTeacher, match_feature_keys
+from distill_toolkit.strategies.base import Strategy, StrategyError, register_strategy
+from distill_toolkit.strategies.objective import KDObjective
 
 
 def combine_logits(logits: list[torch.Tensor], mode: str = "mean",
@@ -55,31 +55,28 @@ def combine_logits(logits: list[torch.Tensor], mode: str = "mean",
 
 
 @register_strategy("multi_teacher")
-class MultiTeacher(SingleTeacher):
+class MultiTeacher(Strategy):
     """Several teachers: KD on a combination of their logits, intermediate matches per teacher."""
 
     teacher_roles: tuple = ("teacher",)
 
     def __init__(self, config: DistillationConfig):
         super().__init__(config)
+        self.objective = KDObjective(config)
         self.weights: Optional[list[float]] = None
-        self.pairs: list[tuple[int, Match, str]] = []  # (match index, match, teacher role) per projection
-        self.ready = False
+
+    @property
+    def projections(self) -> nn.ModuleList:
+        """One per (match, teacher) pair, in the order of ``objective.pairs``."""
+        return self.objective.projections
 
     # ---- step 0: which teachers --------------------------------------------------------
     def bind(self, roles: list[str], tasks: Optional[list[str]] = None) -> None:
         if not roles:
             raise StrategyError(f"strategy {self.name!r} needs at least one teacher. Fix: pass teacher=[model, ...]")
+        self.objective.bind(roles)
         self.teacher_roles = tuple(roles)
-        cfg = self.config
-        for i, match in enumerate(cfg.matches):
-            if match.teacher is not None and match.teacher not in roles:
-                raise StrategyError(f"distillation.matches[{i}].teacher: {match.teacher!r} is not one of the teachers "
-                                    f"given ({', '.join(roles)}). Fix: name one of them, or remove `teacher` so the "
-                                    "match reads every teacher")
-        self.weights = self._resolve_weights(roles) if cfg.teacher_combination == "weights" else None
-        self.pairs = [(i, m, role) for i, m in enumerate(cfg.matches) for role in roles
-                      if m.teacher in (None, role)]
+        self.weights = self._resolve_weights(roles) if self.config.teacher_combination == "weights" else None
 
     def _resolve_weights(self, roles: list[str]) -> list[float]:
         weights = self.config.teacher_weights
@@ -96,31 +93,17 @@ class MultiTeacher(SingleTeacher):
                 "are passed, or a {role: weight} mapping")
         return [float(w) for w in weights]
 
-    # ---- step 1: which features --------------------------------------------------------
+    # ---- steps 1 and 2: features, setup --------------------------------------------------
     def feature_keys(self) -> dict[str, list[str]]:
-        keys = {"student": [], **{role: [] for role in self.teacher_roles}}
-        for _, match, role in self.pairs:
-            keys["student"] += match_feature_keys(match, "student")
-            keys[role] += match_feature_keys(match, "teacher")
-        return {side: list(dict.fromkeys(k)) for side, k in keys.items()}
+        return self.objective.feature_keys()
 
-    # ---- step 2: setup -----------------------------------------------------------------
     def setup(self, student: ModelView, teachers: dict[str, ModelView]) -> None:
-        cfg = self.config
         missing = [r for r in self.teacher_roles if r not in teachers]
         if missing:
             raise StrategyError(f"setup got no view of teacher(s) {missing}")
-        if cfg.kd_loss_weight > 0:
+        if self.config.kd_loss_weight > 0:
             self._check_label_spaces(teachers)
-            for role in self.teacher_roles:
-                try:
-                    self._check_logits(student, teachers[role])
-                except StrategyError as err:
-                    raise StrategyError(f"teacher {role!r} vs the student: {err}") from None
-        self._check_labels(student)
-        self.projections = nn.ModuleList(
-            self._build_projection(i, m, student, teachers[role]) for i, m, role in self.pairs)
-        self.ready = True
+        self.objective.setup(student, teachers)
 
     def _check_label_spaces(self, teachers: dict[str, ModelView]) -> None:
         first = self.teacher_roles[0]
@@ -135,44 +118,16 @@ class MultiTeacher(SingleTeacher):
                     "several tasks with strategy 'multi_task'")
 
     # ---- step 4: the loss --------------------------------------------------------------
-    def combined_view(self, teachers: dict[str, ModelView], roles: Optional[tuple] = None) -> ModelView:
+    def combined_view(self, teachers: dict[str, ModelView]) -> ModelView:
         """A view whose logits are the combination of the teachers' logits, per head."""
-        roles = roles or self.teacher_roles
-        heads = zip(*[teachers[r].logits for r in roles])
-        weights = self.weights if self.weights is None else [self.weights[self.teacher_roles.index(r)] for r in roles]
-        logits = [combine_logits(list(head), self.config.teacher_combination, weights) for head in heads]
+        heads = zip(*[teachers[r].logits for r in self.teacher_roles])
+        logits = [combine_logits(list(head), self.config.teacher_combination, self.weights) for head in heads]
         return ModelView(logits=logits)
 
     def forward(self, batch, student: ModelView, teachers: dict[str, ModelView], progress: float):
-        if not self.ready:
+        if not self.objective.ready:
             raise StrategyError(f"strategy {self.name!r} was not set up; the Trainer calls setup() on a probe batch "
                                 "before training")
-        cfg = self.config
-        terms: dict[str, torch.Tensor] = {}
-        total = student.logits[0].new_zeros((), dtype=torch.float32)
-
-        if cfg.kd_loss_weight > 0:
-            kd = self.kd_term(student, self.combined_view(teachers))
-            terms["kd"] = kd
-            total = total + scheduled_weight(cfg.kd_loss_weight_schedule, cfg.kd_loss_weight, progress) * kd
-
-        if cfg.hard_label_weight > 0:
-            if student.loss is None:
-                raise StrategyError("a batch without `labels` reached a run with hard_label_weight > 0")
-            hard = student.loss.mean()
-            terms["hard_label"] = hard
-            total = total + scheduled_weight(cfg.hard_label_weight_schedule, cfg.hard_label_weight, progress) * hard
-
-        for (i, match, role), proj in zip(self.pairs, self.projections):
-            loss_fn = self.match_losses[i]
-            feats_S = [proj(student.features[k]) for k in match_feature_keys(match, "student")]
-            feats_T = [teachers[role].features[k] for k in match_feature_keys(match, "teacher")]
-            if match.loss in PAIR_LOSSES:
-                value = loss_fn(feats_S, feats_T, mask=student.inputs_mask)
-            else:
-                value = loss_fn(feats_S[0], feats_T[0], mask=student.inputs_mask)
-            name = match.name() if len(self.teacher_roles) == 1 else f"{role}/{match.name()}"
-            terms[name] = terms.get(name, 0) + value
-            total = total + scheduled_weight(match.weight_schedule, match.weight, progress) * value
-
-        return total, {k: v.detach() for k, v in terms.items()}
+        # one teacher: KD reads it as it is (so the loss is exactly the `single` strategy's)
+        kd_teacher = self.combined_view(teachers) if len(self.teacher_roles) > 1 else None
+        return self.objective(student, teachers, progress, kd_teacher=kd_teacher)

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import ToyTask, collate, tiny_bert  # noqa: E402
 
 from distill_toolkit import DistillationConfig, Match  # noqa: E402
-from distill_toolkit.data import teacher_cache  # noqa: E402
+from distill_toolkit.data.cache import with_ids  # noqa: E402
+from distill_toolkit.teachers import cache_build  # noqa: E402
 
 
 def main():
@@ -30,7 +31,7 @@ def main():
             return
         if not args.in_shard:
             os.kill(os.getpid(), signal.SIGKILL)
-        original = teacher_cache._write_shard
+        original = cache_build.write_shard
 
         def dying(final, columns, kinds):  # leave a half-made shard folder behind, then die
             tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
@@ -39,7 +40,7 @@ def main():
             os.kill(os.getpid(), signal.SIGKILL)
             original(final, columns, kinds)
 
-        teacher_cache._write_shard = dying
+        cache_build.write_shard = dying
 
     cache = build(args.cache_dir, on_shard)
     print("built", cache.build_stats)
@@ -48,8 +49,8 @@ def main():
 def build(cache_dir, on_shard=None):
     distillation = DistillationConfig(temperature=2.0, matches=[Match(teacher_layer=4, student_layer=2,
                                                                       projection="linear")])
-    return teacher_cache.build_teacher_cache(
-        tiny_bert(4, 48, seed=1), teacher_cache.with_ids(ToyTask(40)), cache_dir, collate_fn=collate,
+    return cache_build.build_teacher_cache(
+        tiny_bert(4, 48, seed=1), with_ids(ToyTask(40)), cache_dir, collate_fn=collate,
         distillation=distillation, shard_size=8, batch_size=4, on_shard=on_shard)
 
 

@@ -18,7 +18,7 @@ from lm_helpers import prompt_pairs, tiny_llama, tiny_tokenizer  # noqa: E402
 
 from distill_toolkit import DistillationConfig, Trainer, TrainingConfig  # noqa: E402
 from distill_toolkit.data.lm import CausalLMCollator, prompts_of  # noqa: E402
-from distill_toolkit.engine.placement import parameter_shards  # noqa: E402
+from distill_toolkit.utils.shards import parameter_shards  # noqa: E402
 
 
 def run(argv=None) -> None:

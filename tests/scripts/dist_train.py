@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import ToyTask, collate, tiny_bert  # noqa: E402
 
 from distill_toolkit import Callback, DistillationConfig, Match, Trainer, TrainingConfig  # noqa: E402
-from distill_toolkit.engine.placement import parameter_shards  # noqa: E402
+from distill_toolkit.utils.shards import parameter_shards  # noqa: E402
 
 EVAL_EXAMPLES = 13  # uneven on purpose: 2 ranks x batches of 4 leave a short last batch
 

@@ -7,31 +7,12 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from distill_toolkit.batch import batch_task, model_inputs
+from distill_toolkit.data.cache import InMemoryTeacherCache, TeacherCache, TeacherCacheError, cached_view
 from distill_toolkit.data.dual import align_view
-from distill_toolkit.data.tasks import accepts_task, batch_task
-from distill_toolkit.data.teacher_cache import InMemoryTeacherCache, TeacherCache, TeacherCacheError, cached_view
-from distill_toolkit.features import (
-    Adaptor,
-    FeatureCapture,
-    ModelView,
-    detect_task,
-    view_from_adaptor,
-    view_outputs,
-)
-
-
-def model_inputs(batch: dict, role: str) -> dict:
-    """The part of ``batch`` a model of ``role`` consumes.
-
-    A batch either holds one set of inputs shared by every model, or separate
-    ``student`` / ``teacher`` sub-batches (different tokenizers); bookkeeping keys
-    (``task``, ``teacher_cache``, ``id``) are never passed to a model.
-    """
-    if role in batch and isinstance(batch[role], dict):
-        return batch[role]
-    if role != "student" and "teacher" in batch and isinstance(batch["teacher"], dict):
-        return batch["teacher"]
-    return {k: v for k, v in batch.items() if k not in ("student", "teacher", "teacher_cache", "task", "id")}
+from distill_toolkit.features import Adaptor, FeatureCapture, ModelView, accepts_task
+from distill_toolkit.strategies import Strategy
+from distill_toolkit.tasks import forward_view, resolve_task
 
 
 def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[str, nn.Module]:
@@ -40,7 +21,7 @@ def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[s
     ``model`` -> ``{"teacher": model}``; ``[m0, m1]`` -> ``{"teacher0": m0, "teacher1": m1}``;
     ``{"big": m}`` -> ``{"big": m}``; one level of nesting for multi-task runs:
     ``{"movies": [m0, m1], "tweets": m2}`` -> ``{"movies/teacher0": m0, "movies/teacher1": m1, "tweets": m2}``.
-    A model may also be a function that builds it (see :mod:`distill_toolkit.engine.placement`).
+    A model may also be a function that builds it (see :mod:`distill_toolkit.teachers.placement`).
     """
     if teacher is None:
         return {}
@@ -70,17 +51,24 @@ def _is_model(value) -> bool:
     return isinstance(value, nn.Module) or (callable(value) and not isinstance(value, (list, tuple, dict)))
 
 
-def forward_inputs(inputs: dict, strategy, role: str) -> dict:
-    """``inputs`` adjusted by the strategy's ``forward_overrides(role)`` (``None`` removes a key).
+def forward_inputs(inputs: dict, overrides: dict) -> dict:
+    """``inputs`` changed by a strategy's ``forward_overrides(role)``; a ``None`` value removes a key.
 
     E.g. a causal-LM strategy that computes its losses from the final hidden states asks for
     ``{"labels": None, "logits_to_keep": 1}`` so the model never builds full-vocabulary logits.
     """
-    overrides = strategy.forward_overrides(role) if hasattr(strategy, "forward_overrides") else None
     if not overrides:
         return inputs
     merged = {**inputs, **overrides}
     return {k: v for k, v in merged.items() if v is not None}
+
+
+def model_call_inputs(batch: dict, role: str, model: nn.Module, overrides: dict, takes_task: bool) -> dict:
+    """What ``model`` (of ``role``) is called with for ``batch``: its inputs, the strategy's overrides,
+    and the batch's task for multi-head models."""
+    inputs = forward_inputs(model_inputs(batch, role), overrides)
+    task = batch_task(batch)
+    return {**inputs, "task": task} if takes_task and task is not None else inputs
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -100,21 +88,16 @@ class TeacherRunner:
     """
 
     def __init__(self, model: Optional[nn.Module], role: str, feature_keys: list[str], task: str = "auto",
-                 adaptor: Optional[Adaptor] = None, strategy=None, in_memory: bool = False):
+                 adaptor: Optional[Adaptor] = None, strategy: Optional[Strategy] = None, in_memory: bool = False):
         self.model = freeze(model) if model is not None else None
-        self.strategy = strategy
+        self.overrides = strategy.forward_overrides(role) if strategy is not None else {}
         self.role = role
         self.adaptor = adaptor
-        self.task = detect_task(model) if task == "auto" and model is not None else task
+        self.task = resolve_task(task, model)
         hooked = [k for k in feature_keys if adaptor is None or k.startswith("module:")]
         self.capture = FeatureCapture(model, hooked) if model is not None else None
         self.takes_task = model is not None and accepts_task(model)  # multi-head teachers get the batch's task
-        self.memory = InMemoryTeacherCache(self.task) if in_memory else None
-
-    def to(self, device) -> "TeacherRunner":
-        if self.model is not None:
-            self.model.to(device)
-        return self
+        self.memory = InMemoryTeacherCache(self.task.name) if in_memory else None
 
     def __call__(self, batch: dict) -> ModelView:
         view = cached_view(batch, self.role)
@@ -128,28 +111,18 @@ class TeacherRunner:
             view = self.forward(batch)
             if self.memory is not None:
                 self.memory.store(batch, view)
-        return align_view(view, batch, self.task)
+        return align_view(view, batch, self.task.name)
 
     def forward(self, batch: dict) -> ModelView:
         """The teacher's forward pass on ``batch`` (its own positions, no cache, no alignment)."""
-        inputs = forward_inputs(model_inputs(batch, self.role), self.strategy, self.role)
-        task = batch_task(batch)
-        if self.takes_task and task is not None:
-            inputs = {**inputs, "task": task}
+        inputs = model_call_inputs(batch, self.role, self.model, self.overrides, self.takes_task)
         with torch.inference_mode():
-            self.capture.active = True
-            try:
-                outputs = self.model(**inputs)
-            finally:
-                self.capture.active = False
-            view = (view_from_adaptor(self.adaptor(inputs, outputs), outputs) if self.adaptor
-                    else view_outputs(outputs, inputs, self.task))
-            view.features.update(self.capture.collect())
+            view = forward_view(self.model, inputs, self.task, self.capture, self.adaptor)
         # Inference tensors cannot be saved for backward; cloning outside inference mode
         # turns the (few) tensors the losses read into ordinary ones.
         view.logits = [t.clone() for t in view.logits]
         view.features = {k: v.clone() for k, v in view.features.items()}
         view.loss = None
-        view.task = task
+        view.task = batch_task(batch)
         view.model = self.model
         return view

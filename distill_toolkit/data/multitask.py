@@ -22,48 +22,14 @@ rank).
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-TASK_SAMPLERS = ("proportional", "round_robin", "weights")
-
-
-class TaskError(ValueError):
-    """A batch's task is unknown to a model or a strategy; the message lists the known tasks."""
-
-
-def batch_task(batch) -> Optional[str]:
-    """The task name of a batch (``batch["task"]``), or None for single-task batches.
-
-    The collators of this module store a string; a plain collator that passes the field
-    through as a list of per-example names is accepted too, if they all agree.
-    """
-    if not isinstance(batch, Mapping) or "task" not in batch:
-        return None
-    task = batch["task"]
-    if isinstance(task, (list, tuple)):
-        names = set(task)
-        if len(names) != 1:
-            raise TaskError(f"a batch mixes examples of tasks {sorted(names)}; every batch must hold one task. "
-                            "Fix: batch multi-task data with TaskBatchSampler (pass train_data as a dict)")
-        task = task[0]
-    return task
-
-
-def accepts_task(model) -> bool:
-    """Whether ``model.forward`` takes a ``task`` keyword (multi-head models do)."""
-    from distill_toolkit.features import unwrap
-
-    try:
-        params = inspect.signature(unwrap(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "task" in params
-
+from distill_toolkit.batch import TaskError
+from distill_toolkit.config import TASK_SAMPLERS
 
 def sampling_probabilities(sizes: Mapping[str, int], law: str = "proportional", tau: float = 1.0,
                            weights: Optional[Mapping[str, float]] = None) -> dict[str, float]:
@@ -219,8 +185,6 @@ def task_loader(datasets: Mapping[str, Dataset], batch_size: int, collate_fn: Op
                 law: str = "proportional", tau: float = 1.0, weights: Optional[Mapping[str, float]] = None,
                 seed: int = 0, num_replicas: int = 1):
     """A ``DataLoader`` over several task data sets, batched by :class:`TaskBatchSampler`."""
-    from torch.utils.data import DataLoader
-
     sampler = TaskBatchSampler({t: len(d) for t, d in datasets.items()}, batch_size, law, tau, weights, seed,
                                num_replicas)
     return DataLoader(TaskConcat(datasets), batch_sampler=sampler, collate_fn=TaskCollator(collate_fn))

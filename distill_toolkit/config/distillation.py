@@ -1,0 +1,191 @@
+"""What the student learns from: :class:`DistillationConfig` and its intermediate :class:`Match` es.
+
+Values are checked here (types, ranges, required pairs); names that live in registries
+(strategies, losses, schedules, projections, tasks) are checked when the strategy is built,
+by :func:`distill_toolkit.strategies.check_distillation`, since users may register their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from distill_toolkit.config.base import ConfigError, Serializable, check, is_finite_number, is_int
+
+LayerRef = Union[int, list]
+
+FEATURES = ("hidden", "attention", "module")
+PAIR_LOSSES = ("fsp", "gram", "mmd", "nst")
+TEACHER_COMBINATIONS = ("mean", "weights", "confidence")
+
+
+@dataclass
+class Match(Serializable):
+    """One intermediate match: a teacher feature, a student feature, a loss and a weight.
+
+    ``feature`` is ``"hidden"`` (hidden states; layer 0 is the embedding output, layer
+    ``i`` the output of block ``i``, as in Hugging Face's ``hidden_states``),
+    ``"attention"`` (attention probabilities of block ``i``, 0-based) or ``"module"``
+    (the output of any named module: set ``teacher_module``/``student_module``).
+    ``fsp``/``mmd`` take a pair of layers on each side, e.g. ``teacher_layer: [0, 2]``.
+
+    ``projection`` (``"linear"``, ``"relu"``, ``"tanh"``) maps the student feature to the
+    teacher's width; its sizes are read from the models. TextBrewer's
+    ``["linear", dim_S, dim_T]`` form is accepted too.
+
+    With several teachers, ``teacher`` names the teacher role the match reads (default: every
+    teacher); with several tasks, ``task`` names the task it applies to (default: every task).
+    """
+
+    teacher_layer: Optional[LayerRef] = None
+    student_layer: Optional[LayerRef] = None
+    feature: str = "hidden"
+    loss: str = "hidden_mse"
+    weight: float = 1.0
+    weight_schedule: str = "constant"
+    projection: Optional[Union[str, list]] = None
+    teacher_module: Optional[str] = None
+    student_module: Optional[str] = None
+    teacher: Optional[str] = None
+    task: Optional[str] = None
+
+    @property
+    def projection_kind(self) -> Optional[str]:
+        if self.projection is None:
+            return None
+        return self.projection if isinstance(self.projection, str) else self.projection[0]
+
+    def name(self) -> str:
+        """A readable, unique-enough tag for logging, e.g. ``hidden_mse/S2-T4``."""
+        if self.feature == "module":
+            return f"{self.loss}/{self.student_module}-{self.teacher_module}"
+
+        def tag(layer):
+            return "_".join(map(str, layer)) if isinstance(layer, list) else str(layer)
+
+        return f"{self.loss}/S{tag(self.student_layer)}-T{tag(self.teacher_layer)}"
+
+    def validate(self, where: str = "match") -> None:
+        check(self.feature in FEATURES, f"{where}.feature", f"unknown feature {self.feature!r}",
+              f"use one of {', '.join(FEATURES)}")
+        for name in ("teacher", "task"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and value != ""), f"{where}.{name}",
+                  f"must be a {name} name or null, got {value!r}",
+                  f"remove it (the match then applies to every {name}) or name one, e.g. `{name}: "
+                  + ("teacher0`" if name == "teacher" else "movies`"))
+        check(is_finite_number(self.weight) and self.weight >= 0, f"{where}.weight",
+              f"must be a finite number >= 0, got {self.weight!r}", "set e.g. `weight: 1.0`")
+        check(isinstance(self.weight_schedule, str), f"{where}.weight_schedule",
+             f"must be a schedule name, got {self.weight_schedule!r}", "e.g. `weight_schedule: linear_decay`")
+        if self.projection is not None:
+            ok = isinstance(self.projection, str) or (
+                isinstance(self.projection, list) and len(self.projection) in (3, 4)
+                and isinstance(self.projection[0], str) and all(is_int(d) for d in self.projection[1:3]))
+            check(ok, f"{where}.projection", f"bad value {self.projection!r}",
+                  "use a kind (`linear`, `relu`, `tanh`) or TextBrewer's [kind, dim_student, dim_teacher]")
+        if self.feature == "module":
+            for side in ("teacher_module", "student_module"):
+                value = getattr(self, side)
+                check(isinstance(value, str) and value != "", f"{where}.{side}",
+                      "feature 'module' needs a module name on both sides",
+                      "set it to a name from model.named_modules(), e.g. `bert.encoder.layer.2.output`")
+            return
+        pair = self.loss in PAIR_LOSSES
+        for side in ("teacher_layer", "student_layer"):
+            value = getattr(self, side)
+            if pair:
+                check(isinstance(value, list) and len(value) == 2 and all(is_int(v) and v >= 0 for v in value),
+                      f"{where}.{side}", f"loss {self.loss!r} compares a pair of layers, got {value!r}",
+                      "give two layer indices, e.g. `[0, 2]`")
+            else:
+                check(is_int(value) and value >= 0, f"{where}.{side}",
+                      f"must be a layer index >= 0, got {value!r}",
+                      f"set it (feature {self.feature!r} indexes layers; layer 0 is the embedding output for 'hidden')")
+
+
+@dataclass
+class DistillationConfig(Serializable):
+    """What the student learns from (TextBrewer's ``DistillationConfig``, extended).
+
+    The total loss of the ``single`` strategy is::
+
+        kd_loss_weight(t) * KD(student logits, teacher logits; T)
+        + hard_label_weight(t) * (the student's own loss on the labels)
+        + sum over matches of weight(t) * match_loss(projection(student feature), teacher feature)
+
+    where ``t`` is training progress in [0, 1] and each weight follows its schedule.
+
+    Several teachers (``multi_teacher``, ``multi_task``): KD reads one combination of their
+    logits, ``teacher_combination``: ``mean``, ``weights`` (fixed ``teacher_weights``, a list in
+    the order the teachers are given or a ``{role: weight}`` mapping; normalised to sum to 1) or
+    ``confidence`` (per example, each teacher weighted by its top-class probability).
+    ``strategy_options`` holds free-form settings read by custom strategies.
+    """
+
+    strategy: str = "single"
+    task: str = "auto"
+    temperature: float = 1.0
+    temperature_scheduler: Any = "constant"
+    kd_loss: str = "kd_ce"
+    kd_loss_kwargs: dict = field(default_factory=dict)
+    kd_loss_weight: float = 1.0
+    kd_loss_weight_schedule: str = "constant"
+    hard_label_weight: float = 0.0
+    hard_label_weight_schedule: str = "constant"
+    probability_shift: bool = False
+    matches: list = field(default_factory=list)
+    teacher_combination: str = "mean"
+    teacher_weights: Optional[Union[list, dict]] = None
+    strategy_options: dict = field(default_factory=dict)
+
+    _KD_ALIASES = {"ce": "kd_ce", "mse": "kd_mse"}
+
+    @classmethod
+    def _convert_nested(cls, data: dict, prefix: str) -> dict:
+        raw = data.get("matches") or []
+        if not isinstance(raw, list):
+            raise ConfigError(f"{prefix}matches", "must be a list of matches", "write `matches: [ {...}, ... ]`")
+        data["matches"] = [m if isinstance(m, Match) else Match.from_dict(m, f"{prefix}matches[{i}].")
+                           for i, m in enumerate(raw)]
+        return data
+
+    def __post_init__(self):
+        self.kd_loss = self._KD_ALIASES.get(self.kd_loss, self.kd_loss)
+        self.matches = [m if isinstance(m, Match) else Match.from_dict(m, f"matches[{i}].")
+                        for i, m in enumerate(self.matches)]
+
+    def validate(self, where: str = "distillation") -> None:
+        for name in ("strategy", "task", "kd_loss"):
+            value = getattr(self, name)
+            check(isinstance(value, str) and value != "", f"{where}.{name}", f"must be a name, got {value!r}",
+                 f"e.g. `{name}: {DistillationConfig.__dataclass_fields__[name].default}`")
+        check(is_finite_number(self.temperature) and self.temperature > 0, f"{where}.temperature",
+              f"must be a number > 0, got {self.temperature!r}", "set e.g. `temperature: 4`")
+        check(isinstance(self.kd_loss_kwargs, dict), f"{where}.kd_loss_kwargs", "must be a mapping",
+              "e.g. `kd_loss_kwargs: {beta: 0.5}`")
+        for name in ("kd_loss_weight", "hard_label_weight"):
+            value = getattr(self, name)
+            check(is_finite_number(value) and value >= 0, f"{where}.{name}", f"must be a number >= 0, got {value!r}",
+                  f"set e.g. `{name}: 1.0`")
+        check(isinstance(self.probability_shift, bool), f"{where}.probability_shift", "must be true or false",
+              "set `probability_shift: true` to swap the teacher's top logit with the true label's")
+        for i, match in enumerate(self.matches):
+            match.validate(f"{where}.matches[{i}]")
+        check(self.teacher_combination in TEACHER_COMBINATIONS, f"{where}.teacher_combination",
+              f"unknown combination {self.teacher_combination!r}", f"use one of {', '.join(TEACHER_COMBINATIONS)}")
+        weights = self.teacher_weights
+        if weights is not None:
+            values = list(weights.values()) if isinstance(weights, dict) else weights
+            check(isinstance(weights, (list, dict)) and all(is_finite_number(w) and w >= 0 for w in values)
+                  and sum(values) > 0, f"{where}.teacher_weights",
+                  f"must be a list (or role -> weight mapping) of numbers >= 0 with a positive sum, got {weights!r}",
+                  "e.g. `teacher_weights: [0.5, 0.3, 0.2]`, one per teacher")
+            check(self.teacher_combination == "weights", f"{where}.teacher_weights",
+                  f"is set but teacher_combination is {self.teacher_combination!r}, which ignores it",
+                  "set `teacher_combination: weights`, or remove teacher_weights")
+        check(self.teacher_combination != "weights" or weights is not None, f"{where}.teacher_weights",
+              "teacher_combination is 'weights' but no teacher_weights are given",
+              "give one weight per teacher, e.g. `teacher_weights: [2, 1]`")
+        check(isinstance(self.strategy_options, dict), f"{where}.strategy_options", "must be a mapping",
+              "e.g. `strategy_options: {tau: 1.0}`")

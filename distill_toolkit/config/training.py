@@ -1,0 +1,151 @@
+"""How the one loop trains: :class:`TrainingConfig` (batches, optimiser, schedule, checkpoints, trackers).
+
+Only values are checked here. Whether the current launch (DDP, DeepSpeed, FSDP; CPU or GPU)
+can serve them is checked by the engine (:func:`distill_toolkit.engine.accelerator.check_launch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from distill_toolkit.config.base import Serializable, check, is_finite_number, is_int
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+TRACKERS = ("tensorboard", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+TASK_SAMPLERS = ("proportional", "round_robin", "weights")
+TEACHER_PLACEMENTS = ("replicated", "zero3", "fsdp", "cpu_offload")
+TEACHER_CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class TrainingConfig(Serializable):
+    """How the one loop trains: batches, optimiser, schedule, checkpoints, trackers."""
+
+    output_dir: str = "outputs/run"
+    num_epochs: float = 1.0
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    group_by_length: bool = False
+    task_sampler: str = "proportional"
+    task_sampling_tau: float = 1.0
+    task_weights: Optional[dict] = None
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    projection_learning_rate: Optional[float] = None
+    weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: str = "no"
+    seed: int = 42
+    eval_every_steps: Optional[int] = None
+    eval_every_epochs: Optional[int] = 1
+    save_every_steps: Optional[int] = None
+    save_total_limit: int = 2
+    metric_for_best: Optional[str] = None
+    greater_is_better: bool = True
+    resume_from: Optional[str] = None
+    log_every_steps: int = 1
+    trackers: list = field(default_factory=lambda: ["tensorboard"])
+    project_name: str = "distill_toolkit"
+    run_name: Optional[str] = None
+    wandb_mode: str = "offline"
+    progress_bar: bool = True
+    cpu: bool = False
+    teacher_placement: str = "replicated"  # one of TEACHER_PLACEMENTS (teachers/placement.py)
+    deepspeed_config: Optional[str] = None  # a ds_configs/*.json for the student, e.g. under torchrun
+    # Teacher cache (data/cache/): `distill-toolkit cache-teacher` writes it, training reads it
+    # and runs no teacher forward. In-memory: the first epoch computes, later epochs reuse.
+    teacher_cache: Optional[str] = None
+    teacher_cache_top_k: Optional[int] = None
+    teacher_cache_dtype: str = "float32"
+    teacher_cache_in_memory: bool = False
+    overwrite: bool = False  # replace a different or finished run found in output_dir
+
+    def validate(self, where: str = "training") -> None:
+        check(isinstance(self.output_dir, str) and self.output_dir != "", f"{where}.output_dir",
+              "must be a folder path", "set e.g. `output_dir: outputs/my_run`")
+        check(is_finite_number(self.num_epochs) and self.num_epochs > 0, f"{where}.num_epochs",
+              f"must be > 0, got {self.num_epochs!r}", "set e.g. `num_epochs: 3`")
+        check(self.max_steps is None or (is_int(self.max_steps) and self.max_steps > 0), f"{where}.max_steps",
+              f"must be a positive integer or null, got {self.max_steps!r}", "remove it or set e.g. `max_steps: 1000`")
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every_steps",
+                     "save_total_limit"):
+            value = getattr(self, name)
+            check(is_int(value) and value > 0, f"{where}.{name}", f"must be a positive integer, got {value!r}",
+                  f"set e.g. `{name}: 1`")
+        for name in ("eval_every_steps", "eval_every_epochs", "save_every_steps"):
+            value = getattr(self, name)
+            check(value is None or (is_int(value) and value > 0), f"{where}.{name}",
+                  f"must be a positive integer or null, got {value!r}", f"remove it or set e.g. `{name}: 100`")
+        check(is_finite_number(self.learning_rate) and self.learning_rate > 0, f"{where}.learning_rate",
+              f"must be > 0, got {self.learning_rate!r}", "set e.g. `learning_rate: 5.0e-5`")
+        check(self.projection_learning_rate is None
+              or (is_finite_number(self.projection_learning_rate) and self.projection_learning_rate > 0),
+              f"{where}.projection_learning_rate", f"must be > 0 or null, got {self.projection_learning_rate!r}",
+              "remove it (projections then use learning_rate) or set e.g. `projection_learning_rate: 1.0e-3`")
+        check(is_finite_number(self.weight_decay) and self.weight_decay >= 0, f"{where}.weight_decay",
+              "must be >= 0", "set e.g. `weight_decay: 0.01`")
+        check(self.lr_scheduler in LR_SCHEDULERS, f"{where}.lr_scheduler", f"unknown {self.lr_scheduler!r}",
+              f"use one of {', '.join(LR_SCHEDULERS)}")
+        check(is_finite_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio",
+              f"must be in [0, 1), got {self.warmup_ratio!r}", "set e.g. `warmup_ratio: 0.1`")
+        check(self.max_grad_norm is None or (is_finite_number(self.max_grad_norm) and self.max_grad_norm > 0),
+              f"{where}.max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm!r}",
+              "set e.g. `max_grad_norm: 1.0`, or null to disable clipping")
+        check(self.mixed_precision in MIXED_PRECISION, f"{where}.mixed_precision",
+              f"unknown {self.mixed_precision!r}", f"use one of {', '.join(MIXED_PRECISION)}")
+        check(isinstance(self.trackers, list) and all(t in TRACKERS for t in self.trackers), f"{where}.trackers",
+              f"bad value {self.trackers!r}", f"use a list drawn from {', '.join(TRACKERS)} (or [])")
+        check(self.wandb_mode in WANDB_MODES, f"{where}.wandb_mode", f"unknown {self.wandb_mode!r}",
+              f"use one of {', '.join(WANDB_MODES)}")
+        check(is_int(self.seed), f"{where}.seed", "must be an integer", "set e.g. `seed: 42`")
+        check(isinstance(self.group_by_length, bool), f"{where}.group_by_length", "must be true or false",
+              "set `group_by_length: true` to batch examples of similar length (less padding)")
+        check(self.teacher_placement in TEACHER_PLACEMENTS, f"{where}.teacher_placement",
+              f"unknown placement {self.teacher_placement!r}", f"use one of {', '.join(TEACHER_PLACEMENTS)}")
+        check(self.deepspeed_config is None or (isinstance(self.deepspeed_config, str) and self.deepspeed_config),
+              f"{where}.deepspeed_config", f"must be a file path or null, got {self.deepspeed_config!r}",
+              "point it at a DeepSpeed JSON config, e.g. ds_configs/zero2.json")
+        check(isinstance(self.overwrite, bool), f"{where}.overwrite", "must be true or false",
+              "set `overwrite: true` to replace a run already in output_dir")
+        self._validate_teacher_cache(where)
+        check(self.task_sampler in TASK_SAMPLERS, f"{where}.task_sampler", f"unknown sampler {self.task_sampler!r}",
+              f"use one of {', '.join(TASK_SAMPLERS)} (multi-task data only)")
+        check(is_finite_number(self.task_sampling_tau) and self.task_sampling_tau >= 0, f"{where}.task_sampling_tau",
+              f"must be a number >= 0, got {self.task_sampling_tau!r}",
+              "set e.g. `task_sampling_tau: 1.0` (tasks drawn in proportion to |D|^tau; 0 = uniform)")
+        if self.task_weights is not None:
+            ok = isinstance(self.task_weights, dict) and all(
+                isinstance(k, str) and is_finite_number(v) and v >= 0 for k, v in self.task_weights.items())
+            check(ok and sum(self.task_weights.values()) > 0, f"{where}.task_weights",
+                  f"must map task names to numbers >= 0 with a positive sum, got {self.task_weights!r}",
+                  "e.g. `task_weights: {movies: 2, tweets: 1}`")
+            check(self.task_sampler == "weights", f"{where}.task_weights",
+                  f"is set but task_sampler is {self.task_sampler!r}, which ignores it",
+                  "set `task_sampler: weights`, or remove task_weights")
+        check(self.task_sampler != "weights" or self.task_weights is not None, f"{where}.task_weights",
+              "task_sampler is 'weights' but no task_weights are given", "e.g. `task_weights: {movies: 2, tweets: 1}`")
+
+    def _validate_teacher_cache(self, where: str) -> None:
+        check(self.teacher_cache is None or (isinstance(self.teacher_cache, str) and self.teacher_cache != ""),
+              f"{where}.teacher_cache", f"must be a folder path or null, got {self.teacher_cache!r}",
+              "set e.g. `teacher_cache: outputs/teacher_cache` (built by `distill-toolkit cache-teacher`)")
+        check(self.teacher_cache_top_k is None or (is_int(self.teacher_cache_top_k) and self.teacher_cache_top_k > 0),
+              f"{where}.teacher_cache_top_k", f"must be a positive integer or null, got {self.teacher_cache_top_k!r}",
+              "set e.g. `teacher_cache_top_k: 32` (large vocabularies), or null to store dense logits")
+        check(self.teacher_cache_dtype in TEACHER_CACHE_DTYPES, f"{where}.teacher_cache_dtype",
+              f"unknown {self.teacher_cache_dtype!r}", "use one of float32, float16, bfloat16")
+        check(isinstance(self.teacher_cache_in_memory, bool), f"{where}.teacher_cache_in_memory",
+              "must be true or false", "set `teacher_cache_in_memory: true` to reuse the first epoch's outputs")
+        check(not (self.teacher_cache_in_memory and self.teacher_cache), f"{where}.teacher_cache_in_memory",
+              "is set together with teacher_cache (an on-disk cache already skips every teacher forward)",
+              "keep one of them")
+        check(self.teacher_cache_top_k is None or self.teacher_cache, f"{where}.teacher_cache_top_k",
+              "is set but there is no teacher_cache to store top-k logits in",
+              "set `teacher_cache: PATH`, or remove teacher_cache_top_k")
