@@ -199,7 +199,9 @@ def _close_process_group() -> None:
 
 
 def _is_main_process() -> bool:
-    """Rank 0 of a launch (torchrun and `accelerate launch` set RANK), or a plain `python` run."""
+    """Rank 0 of the whole job (every node), or a plain `python` run."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
 
 
