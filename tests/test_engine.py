@@ -280,3 +280,13 @@ def test_missing_labels_with_hard_label_weight(tmp_path):
                      toy_distillation(matches=[], hard_label_weight=0.0),
                      unlabelled, teacher=tiny_bert(4, 48), collate_fn=collate_unlabelled).train()
     assert set(result["history"][-1]) == {"step", "train/loss", "train/kd", "train/lr"}
+
+
+def test_evaluate_restores_the_models_mode(tmp_path):
+    trainer = Trainer(tiny_bert(2, 32, seed=2), toy_training(tmp_path / "run", max_steps=2), toy_distillation(),
+                      ToyTask(16), teacher=tiny_bert(4, 48, seed=1), eval_data=ToyTask(8, seed=4), collate_fn=collate)
+    trainer.train()
+    for mode in (False, True):
+        trainer.module.train(mode)
+        trainer.evaluate()
+        assert trainer.module.training is mode and trainer.module.student.training is mode
