@@ -100,7 +100,8 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 def place_teacher(accelerator: Accelerator, model: nn.Module, placement: str) -> nn.Module:
     """Put a frozen teacher where ``placement`` says; returns what to call for its forward."""
     if placement not in TEACHER_PLACEMENTS:
-        raise ValueError(f"training.teacher_placement: unknown {placement!r}. Fix: use one of {', '.join(TEACHER_PLACEMENTS)}")
+        raise ValueError(f"training.teacher_placement: unknown {placement!r}. "
+                         f"Fix: use one of {', '.join(TEACHER_PLACEMENTS)}")
     device = accelerator.device
     if placement == "replicated":
         return model.to(device)
