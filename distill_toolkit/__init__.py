@@ -10,10 +10,15 @@ Quick start::
     trainer.train()
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from distill_toolkit.config import ConfigError, DistillationConfig, ExperimentConfig, Match, TrainingConfig
 from distill_toolkit.engine import Callback, CheckpointError, NonFiniteLossError, Trainer
 
-__version__ = "0.1.0"
+try:  # one source for the version: pyproject.toml's, as installed
+    __version__ = version("distill_toolkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["ConfigError", "DistillationConfig", "ExperimentConfig", "Match", "TrainingConfig", "Callback",
            "CheckpointError", "NonFiniteLossError", "Trainer", "__version__"]

@@ -2,7 +2,10 @@
 
     distill-toolkit train CONFIG.yaml [--set training.max_steps=50 ...]
     distill-toolkit cache-teacher CONFIG.yaml [--overwrite]   (writes training.teacher_cache)
+    distill-toolkit validate CONFIG.yaml [--set ...]   (prints the resolved, validated config)
     distill-toolkit params MODEL_DIR [--max-level 3]
+    distill-toolkit export CHECKPOINT_DIR OUT_DIR [--overwrite]   (a student loadable by transformers)
+    distill-toolkit launch-config NAME   /   distill-toolkit ds-config NAME   (the shipped files, printed)
 
 Under ``accelerate launch`` use ``-m distill_toolkit.cli train CONFIG.yaml``. Every task of the
 registry (:mod:`distill_toolkit.tasks`) runs through the same route: the task loads the models
@@ -12,9 +15,12 @@ registry (:mod:`distill_toolkit.tasks`) runs through the same route: the task lo
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import shlex
 import sys
+from pathlib import Path
 from typing import Optional
 
 import torch.distributed as dist
@@ -24,30 +30,29 @@ from transformers import AutoModel
 
 from distill_toolkit import tasks
 from distill_toolkit.config import ConfigError, ExperimentConfig, read_config_file
+from distill_toolkit.config.overrides import apply_overrides
 from distill_toolkit.data import load_splits, with_ids
-from distill_toolkit.data.cache import resolve_teacher_cache
+from distill_toolkit.data.augment import encode_augmented
+from distill_toolkit.data.cache import TeacherCacheError, resolve_teacher_cache
 from distill_toolkit.engine import Trainer
 from distill_toolkit.engine.accelerator import check_launch
-from distill_toolkit.models import load_tokenizer, resolve_model_path, student_from_teacher
+from distill_toolkit.engine.checkpoint import CheckpointError
+from distill_toolkit.engine.export import NonFiniteWeightsError, export_checkpoint
+from distill_toolkit.engine.trackers import check_trackers
+from distill_toolkit.models import (agree_label_names, load_tokenizer, resolve_model_path, student_from_teacher,
+                                    torch_dtype)
 from distill_toolkit.strategies import check_distillation
 from distill_toolkit.teachers import build_teacher_cache
 from distill_toolkit.utils import display_parameters
+from distill_toolkit.utils.launch_files import (ds_config, ds_config_named_by, ds_config_names, launch_config,
+                                                launch_config_names)
 
 
 def _apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` pairs (values parsed as YAML scalars) applied on top of the file."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(item, "an override must look like section.key=value", "e.g. --set training.max_steps=50")
-        dotted, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(dotted, f"{key!r} is not a section", "override a field inside a section")
-        node[leaf] = yaml.safe_load(raw)
-    return data
+    """``section.key=value`` pairs applied on top of the file: values read as YAML 1.2 (``1e-4`` is a number,
+    ``[tensorboard]`` a whole list), list items by index (``distillation.matches.0.weight=2``); see
+    :mod:`distill_toolkit.config.overrides`."""
+    return apply_overrides(data, overrides)
 
 
 def load_experiment(path: str, overrides: Optional[list[str]] = None) -> ExperimentConfig:
@@ -57,6 +62,7 @@ def load_experiment(path: str, overrides: Optional[list[str]] = None) -> Experim
     config.validate()
     check_distillation(config.distillation)
     check_launch(config.training)
+    check_trackers(config.training)  # each tracker named is one Accelerate knows, and installed
     return config
 
 
@@ -64,8 +70,8 @@ def task_of(config: ExperimentConfig) -> tasks.Task:
     """The run's task: ``distillation.task``, or for ``auto`` the one its data implies."""
     name = config.distillation.task
     if name == "auto":
-        name = {"text": "causal_lm", "twitter_ner": "token_classification"}.get(config.data.name,
-                                                                                "sequence_classification")
+        name = {"text": "causal_lm", "twitter_ner": "token_classification", "shakespeare": "general",
+                "vader_sentences": "general"}.get(config.data.name, "sequence_classification")
     return tasks.get(name)
 
 
@@ -75,20 +81,28 @@ def build_models(config: ExperimentConfig, task: tasks.Task, labels, need_studen
 
     def load(spec, where):
         return task.load_model(spec.path, labels=labels, attn_implementation=spec.attn_implementation,
-                               config_overrides=spec.config, where=where)
+                               config_overrides=spec.config, where=where, **_hub_fields(spec))
 
     teacher = load(teacher_spec, "teacher") if teacher_spec is not None and dist.strategy != "supervised" else None
     student = None
     if need_student and student_spec.init_from == "teacher":
         base = teacher if teacher is not None else load(teacher_spec, "teacher")
         student = student_from_teacher(base, student_spec.layers or [], student_spec.config)
+        student = student.to(torch_dtype(student_spec.dtype)) if student_spec.dtype != "auto" else student
     elif need_student and student_spec.init_from == "random":
-        student = task.build_model(student_spec.path, labels=labels, attn_implementation=student_spec.attn_implementation,
-                                   config_overrides=student_spec.config, where="student")
+        student = task.build_model(student_spec.path, labels=labels, config_overrides=student_spec.config,
+                                   attn_implementation=student_spec.attn_implementation, where="student",
+                                   **_hub_fields(student_spec))
     elif need_student:
         student = load(student_spec, "student")
-    tokenizer_path = teacher_spec.path if student_spec.init_from == "teacher" else student_spec.path
-    return teacher, student, load_tokenizer(tokenizer_path)
+    source, where = (teacher_spec, "teacher") if student_spec.init_from == "teacher" else (student_spec, "student")
+    return teacher, student, load_tokenizer(source.path, revision=source.revision,
+                                            trust_remote_code=source.trust_remote_code, where=where)
+
+
+def _hub_fields(spec) -> dict:
+    """A model section's Hub fields, as :meth:`Task.load_model` takes them."""
+    return {"revision": spec.revision, "dtype": spec.dtype, "trust_remote_code": spec.trust_remote_code}
 
 
 def prepare(config: ExperimentConfig, need_student: bool = True):
@@ -98,7 +112,8 @@ def prepare(config: ExperimentConfig, need_student: bool = True):
     splits = load_splits(config.data)
     labels = task.label_names(splits, config.data)
     teacher, student, tokenizer = build_models(config, task, labels, need_student)
-    return task, labels, teacher, student, tokenizer, _encode(config, task, splits, labels, tokenizer)
+    labels = agree_label_names(teacher, student, labels)  # the teacher's names where the data gave ids only
+    return task, labels, teacher, student, tokenizer, _encode(config, task, splits, labels, tokenizer, teacher)
 
 
 def tokenized_data(config: ExperimentConfig, tokenizer):
@@ -108,8 +123,11 @@ def tokenized_data(config: ExperimentConfig, tokenizer):
     return _encode(config, task, splits, task.label_names(splits, config.data), tokenizer)
 
 
-def _encode(config: ExperimentConfig, task: tasks.Task, splits, labels, tokenizer):
-    encoded = task.encode(splits, tokenizer, config.data, labels)
+def _encode(config: ExperimentConfig, task: tasks.Task, splits, labels, tokenizer, teacher=None):
+    """The task's encoding of ``splits``, the training split grown by ``data.augment`` (its rows unlabelled)."""
+    embeddings = teacher.get_input_embeddings().weight if hasattr(teacher, "get_input_embeddings") else None
+    encoded = encode_augmented(splits, config.data, lambda parts: task.encode(parts, tokenizer, config.data, labels),
+                               tokenizer=tokenizer, embeddings=embeddings)  # embeddings: replace_with embedding
     if config.training.teacher_cache:  # cached outputs are looked up by example id
         encoded["train"] = with_ids(encoded["train"])
     return encoded
@@ -123,7 +141,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
         teacher = resolve_teacher_cache(config.training.teacher_cache, teacher).check(tokenizer=tokenizer)
     trainer = Trainer(student, config.training, config.distillation, encoded["train"], teacher=teacher,
                       eval_data=encoded.get("dev"), test_data=encoded.get("test"), collate_fn=collate,
-                      tokenizer=tokenizer, label_names=labels, task=task.name)
+                      tokenizer=tokenizer, label_names=labels, task=task.name, run_config=config.to_dict())
     return trainer.train()
 
 
@@ -144,11 +162,13 @@ def cache_teacher(config: ExperimentConfig, overwrite: bool = False):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill-toolkit", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a distillation (or supervised training) from a YAML/JSON file")
     cache = sub.add_parser("cache-teacher", help="run the teacher once over the training data and write "
                                                  "training.teacher_cache (resumable; `accelerate launch` splits it)")
-    for command in (train, cache):
+    validate = sub.add_parser("validate", help="check a config (and --set overrides) and print it resolved, as YAML")
+    for command in (train, cache, validate):
         command.add_argument("config")
         command.add_argument("--debug", action="store_true", help="show the traceback of a config or data error")
         command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -159,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     params = sub.add_parser("params", help="print a model's parameter table")
     params.add_argument("model_dir")
     params.add_argument("--max-level", type=int, default=2)
+    _add_file_commands(sub)
     return parser
 
 
@@ -169,25 +190,86 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(display_parameters(AutoModel.from_pretrained(resolve_model_path(args.model_dir)),
                                  max_level=args.max_level))
         return 0
+    if args.command in FILE_COMMANDS:
+        return FILE_COMMANDS[args.command](args)
     try:
         overrides = args.set + (["training.overwrite=true"] if args.command == "train" and args.overwrite else [])
         config = load_experiment(args.config, overrides)
+        if args.command == "validate":  # every check `train` makes before loading a model or any data
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return 0
         if args.command == "cache-teacher":
             cache = cache_teacher(config, overwrite=args.overwrite)
             summary = {"teacher_cache": str(cache.path), "examples": len(cache), **cache.build_stats,
                        "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k}
         else:
             summary = {k: v for k, v in run_experiment(config).items() if k != "history"}
-    except (ConfigError, tasks.DataError) as err:
+    except (ConfigError, tasks.DataError, TeacherCacheError) as err:
         if args.debug:
             raise
-        kind = "config" if isinstance(err, ConfigError) else "data"
+        kind = ("config" if isinstance(err, ConfigError) else
+                "teacher cache" if isinstance(err, TeacherCacheError) else "data")
         print(f"{kind} error: {err}", file=sys.stderr)
         return 2
     if _is_main_process():
         print(json.dumps(summary, indent=2, default=str))
     _close_process_group()
     return 0
+
+
+def _add_file_commands(sub) -> None:
+    """The subcommands that read or write files only: export, launch-config, ds-config."""
+    export = sub.add_parser("export", help="export a checkpoint's student (weights, config, tokenizer, model card, "
+                                           "config.yaml), loadable by plain transformers")
+    export.add_argument("checkpoint", help="OUTPUT_DIR/checkpoints/step_N, or OUTPUT_DIR (its newest intact one)")
+    export.add_argument("out_dir")
+    export.add_argument("--overwrite", action="store_true", help="replace what OUT_DIR holds")
+    for name, kind in (("launch-config", "accelerate launch file"), ("ds-config", "DeepSpeed config")):
+        command = sub.add_parser(name, help=f"print a shipped {kind} (no NAME: list them)")
+        command.add_argument("name", nargs="?")
+
+
+def _export(args) -> int:
+    """``distill-toolkit export``: a checkpoint verified and exported; exit 2 when it cannot be."""
+    command = shlex.join(["distill-toolkit", "export", args.checkpoint, args.out_dir]
+                         + (["--overwrite"] if args.overwrite else []))
+    try:
+        summary = export_checkpoint(args.checkpoint, args.out_dir, export_command=command, overwrite=args.overwrite)
+    except (CheckpointError, NonFiniteWeightsError) as err:
+        print(f"export error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _print_shipped(args) -> int:
+    """``launch-config`` / ``ds-config``: print a shipped file (or list them); exit 2 for an unknown name."""
+    names, read = ((launch_config_names, launch_config) if args.command == "launch-config"
+                   else (ds_config_names, ds_config))
+    if args.name is None:
+        print("\n".join(names()))
+        return 0
+    try:
+        text = read(args.name)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    for path in ds_config_named_by(text) if args.command == "launch-config" else []:
+        print(f"note: this file names {path}; write it with `distill-toolkit ds-config {Path(path).stem} > {path}`",
+              file=sys.stderr)
+    return 0
+
+
+FILE_COMMANDS = {"export": _export, "launch-config": _print_shipped, "ds-config": _print_shipped}
+
+
+def _version() -> str:
+    """The installed distribution's version (``importlib.metadata``)."""
+    try:
+        return importlib.metadata.version("distill_toolkit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
 
 
 def _close_process_group() -> None:

@@ -10,8 +10,16 @@
 
 Feature keys are strings: ``hidden:i`` (``i = 0`` is the embedding output, i.e. the input
 of block 0; ``i >= 1`` the output of block ``i - 1``, as Hugging Face numbers
-``hidden_states``), ``attention:i`` (attention probabilities of block ``i``) and
-``module:NAME`` (the output of the named module, first element if it returns a tuple).
+``hidden_states``), ``attention:i`` (attention probabilities of block ``i``), ``query:i`` /
+``key:i`` / ``value:i`` (the queries, keys or values of block ``i``'s self-attention, per head:
+``(batch, heads, length, head_dim)``) and ``module:NAME`` (the output of the named module, first
+element if it returns a tuple).
+
+Queries, keys and values are the outputs of the attention's projection ``Linear`` layers (BERT-style
+``query``/``key``/``value``, Llama-style ``q_proj``/``k_proj``/``v_proj``, DistilBERT's ``q_lin`` ...,
+T5/MPNet's ``q``/``k``/``v``), ``(batch, length, heads * head_dim)`` split into heads with the model
+config's ``num_attention_heads``; keys and values of grouped-query attention (Llama's
+``num_key_value_heads``) have that many heads. They are taken before any rotary position embedding.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ HEAD_INPUT = "head_input"
 
 _ATTENTION_NAMES = ("attention", "self_attn", "attn", "self_attention", "SelfAttention")
 _LAYER_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
+#: feature kinds read per head from the attention's projections, and the sub-module names that hold them
+HEAD_FEATURES = ("query", "key", "value")
+_PROJECTION_NAMES = {"query": ("query", "q_proj", "q_lin", "q"), "key": ("key", "k_proj", "k_lin", "k"),
+                     "value": ("value", "v_proj", "v_lin", "v")}
 
 
 class FeatureError(ValueError):
@@ -98,8 +110,55 @@ def _attention_module(block: nn.Module) -> tuple[str, nn.Module]:
     raise FeatureError(f"block {type(block).__name__} has no attention sub-module named one of {_ATTENTION_NAMES}")
 
 
+def _projection_module(block: nn.Module, kind: str, key: str) -> nn.Module:
+    """The first sub-module of ``block`` named like the attention's ``kind`` projection (self-attention first)."""
+    names = _PROJECTION_NAMES[kind]
+    for name, module in block.named_modules():
+        if name and name.split(".")[-1] in names:
+            return module
+    raise FeatureError(f"{key!r}: block {type(block).__name__} has no {kind} projection named one of {names} "
+                       "(fused projections such as GPT-2's c_attn are not split). Fix: use feature 'module' with the "
+                       "name of the module to read, or pass a custom adaptor")
+
+
+def head_count(model: nn.Module, kind: str) -> int:
+    """How many heads feature ``kind`` (``query``, ``key`` or ``value``) of ``model`` has, from its config:
+    ``num_attention_heads`` (or ``n_head`` / ``num_heads``); for keys and values ``num_key_value_heads``
+    when the config sets it (grouped-query attention)."""
+    config = getattr(unwrap(model), "config", None)
+    heads = None
+    if kind in ("key", "value"):
+        heads = getattr(config, "num_key_value_heads", None)
+    for name in ("num_attention_heads", "n_head", "num_heads"):
+        heads = heads or getattr(config, name, None)
+    if not isinstance(heads, int) or heads < 1:
+        raise FeatureError(f"{type(unwrap(model)).__name__} has no config with num_attention_heads, so its {kind} "
+                           "vectors cannot be split into heads. Fix: use feature 'module' (the whole projection)")
+    return heads
+
+
+def split_heads(states: torch.Tensor, heads: int, key: str = "feature") -> torch.Tensor:
+    """``(batch, length, heads * head_dim)`` -> ``(batch, heads, length, head_dim)``."""
+    if states.dim() != 3 or states.shape[-1] % heads:
+        raise FeatureError(f"{key}: expected (batch, length, hidden) with hidden divisible by {heads} heads, got "
+                           f"{tuple(states.shape)}. Fix: check the model config's num_attention_heads")
+    batch, length, width = states.shape
+    return states.view(batch, length, heads, width // heads).transpose(1, 2)
+
+
+def _layer_index(key: str, kind: str) -> int:
+    try:
+        index = int(key.partition(":")[2])
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise FeatureError(f"{key!r}: the layer index must be an integer >= 0, e.g. '{kind}:2'")
+    return index
+
+
 def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
-    """Return ``(module, mode)`` whose hook yields feature ``key``; mode is ``pre`` or ``post``."""
+    """Return ``(module, mode)`` whose hook yields feature ``key``; mode is ``pre``, ``post``,
+    ``attention`` or ``heads`` (a projection's output, split into heads)."""
     kind, _, arg = key.partition(":")
     model = unwrap(model)
     if kind == "module":
@@ -116,14 +175,10 @@ def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
             raise FeatureError(f"{type(model).__name__} has no base model + output head; 'head_input' needs a "
                                "Hugging Face model with a language-model head")
         return base, "post"
-    if kind not in ("hidden", "attention"):
-        raise FeatureError(f"unknown feature kind {kind!r} in {key!r}; use hidden:<i>, attention:<i> or module:<name>")
-    try:
-        index = int(arg)
-    except ValueError:
-        index = -1
-    if index < 0:
-        raise FeatureError(f"{key!r}: the layer index must be an integer >= 0, e.g. '{kind}:2'")
+    if kind not in ("hidden", "attention") + HEAD_FEATURES:
+        raise FeatureError(f"unknown feature kind {kind!r} in {key!r}; use hidden:<i>, attention:<i>, query:<i>, "
+                           "key:<i>, value:<i> or module:<name>")
+    index = _layer_index(key, kind)
     _, blocks = find_blocks(model)
     n = len(blocks)
     if kind == "hidden":
@@ -132,8 +187,10 @@ def resolve_feature(model: nn.Module, key: str) -> tuple[nn.Module, str]:
                                f"so hidden layers are 0..{n} (0 = embedding output)")
         return (blocks[0], "pre") if index == 0 else (blocks[index - 1], "post")
     if index >= n:
-        raise FeatureError(f"attention layer {index} is out of range: {type(model).__name__} has {n} blocks, "
-                           f"so attention layers are 0..{n - 1}")
+        raise FeatureError(f"{kind} layer {index} is out of range: {type(model).__name__} has {n} blocks, "
+                           f"so {kind} layers are 0..{n - 1}")
+    if kind in HEAD_FEATURES:
+        return _projection_module(blocks[index], kind, key), "heads"
     return _attention_module(blocks[index])[1], "attention"
 
 
@@ -168,6 +225,8 @@ class FeatureCapture:
             module, mode = resolve_feature(model, key)
             if mode == "pre":
                 handle = module.register_forward_pre_hook(self._pre_hook(key), with_kwargs=True)
+            elif mode == "heads":
+                handle = module.register_forward_hook(self._heads_hook(key, head_count(model, key.split(":")[0])))
             else:
                 handle = module.register_forward_hook(self._post_hook(key, mode))
             self._handles.append(handle)
@@ -176,6 +235,12 @@ class FeatureCapture:
         def hook(module, args, kwargs):
             if self.active:
                 self.store[key] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    def _heads_hook(self, key, heads: int):
+        def hook(module, args, output):
+            if self.active:
+                self.store[key] = split_heads(output[0] if isinstance(output, tuple) else output, heads, key)
         return hook
 
     def _post_hook(self, key, mode):
@@ -220,8 +285,9 @@ def view_from_adaptor(result: dict, outputs: Any) -> ModelView:
     """Build a :class:`ModelView` from a TextBrewer-style adaptor dict.
 
     Recognised keys: ``logits`` (tensor or list), ``logits_mask``, ``losses`` or ``loss``,
-    ``labels``, ``inputs_mask``, ``hidden`` and ``attention`` (lists indexed by layer,
-    stored as features ``hidden:i`` / ``attention:i``).
+    ``labels``, ``inputs_mask``, ``hidden``, ``attention``, ``query``, ``key`` and ``value`` (lists
+    indexed by layer, stored as features ``hidden:i``, ``attention:i``, ...; queries, keys and values
+    as ``(batch, heads, length, head_dim)``).
     """
     if not isinstance(result, dict):
         raise FeatureError(f"an adaptor must return a dict, got {type(result).__name__}")
@@ -240,7 +306,7 @@ def view_from_adaptor(result: dict, outputs: Any) -> ModelView:
         labels = labels[0]
     view = ModelView(logits=logits, logits_mask=None if mask is None else mask.bool(), loss=loss, labels=labels,
                      inputs_mask=result.get("inputs_mask"), raw=outputs)
-    for kind in ("hidden", "attention"):
+    for kind in ("hidden", "attention") + HEAD_FEATURES:
         for i, tensor in enumerate(result.get(kind) or []):
             view.features[f"{kind}:{i}"] = tensor
     return view

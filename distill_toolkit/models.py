@@ -1,4 +1,4 @@
-"""Building teachers and students: from a folder, from the fetched MiniLM, or from a teacher's layers."""
+"""Building teachers and students: from a folder, a Hub model ID, the fetched MiniLM, or a teacher's layers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
+import transformers
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from packaging.version import Version
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel)
@@ -18,16 +22,70 @@ from distill_toolkit.features import find_blocks, unwrap
 
 BUILTIN_MINILM = "builtin:minilm"
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}
+_DTYPE_KEYWORD = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+class LabelsFromValues(list):
+    """Label names read from the data's values (sorted): their order is the data's choice of none, so a
+    model's saved label names in another order win (the names themselves must agree)."""
+
+
+def is_hub_id(path: str) -> bool:
+    """Whether ``path`` reads as a Hugging Face Hub model ID (``name`` or ``org/name``), not a file path."""
+    if path.startswith((".", "/", "~")) or "\\" in path:
+        return False
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
 
 
 def resolve_model_path(path: str) -> str:
-    """Expand ``builtin:minilm`` to the fetched all-MiniLM-L6-v2 folder; check that other paths exist."""
+    """Expand ``builtin:minilm`` to the fetched all-MiniLM-L6-v2 folder; return a folder or a Hub model
+    ID (``org/name``, resolved by ``from_pretrained``) as it is; refuse a path that is neither."""
     if path == BUILTIN_MINILM:
         return str(minilm_dir())
-    if not Path(path).is_dir():
+    if not Path(path).is_dir() and not is_hub_id(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist. Fix: point `path` at a folder written by "
-                                f"save_pretrained, or use {BUILTIN_MINILM!r}")
+                                f"save_pretrained, a Hub model ID (org/name), or use {BUILTIN_MINILM!r}")
     return path
+
+
+def torch_dtype(name: Optional[str]):
+    """The dtype a model section's ``dtype`` names (``None``: float32, the trained student's master weights)."""
+    return _DTYPES[name] if name is not None else torch.float32
+
+
+def hub_kwargs(revision: Optional[str] = None, trust_remote_code: bool = False) -> dict:
+    """The ``from_pretrained`` keywords of a model section (``revision`` only when set)."""
+    return {**({"revision": revision} if revision else {}), "trust_remote_code": bool(trust_remote_code)}
+
+
+def _from_hub(load: Callable, path: str, where: str, revision: Optional[str] = None):
+    """``load(path)``, with a Hub ID or folder that cannot be read turned into a :class:`ConfigError` naming
+    ``where.path`` (or ``where.trust_remote_code``) and both fixes: a local folder, or a populated cache."""
+    try:
+        return load(path)
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if Path(path).is_dir():
+            raise ConfigError(f"{where}.path", f"cannot load a model from folder {path!r} ({reason})",
+                              "point it at a folder written by save_pretrained (config.json and weights)") from err
+        offline = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache " \
+                  f"({hub_constants.HF_HUB_CACHE})" if hub_constants.HF_HUB_OFFLINE else reason
+        at = f" at revision {revision!r}" if revision else ""
+        raise ConfigError(f"{where}.path", f"{path!r} is not a local folder, and the Hub model{at} could not be "
+                          f"resolved: {offline}", "point `path` at a local folder written by save_pretrained, or "
+                          f"populate the cache once while online (`hf download {path}`, or copy a Hugging Face cache "
+                          "into HF_HOME) and run with HF_HUB_OFFLINE=1") from err
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ConfigError(f"{where}.trust_remote_code", f"{path!r} needs its own code from the Hub to load",
+                          "read that code, then set `trust_remote_code: true` in the model section") from err
 
 
 def saved_label_names(config) -> Optional[list[str]]:
@@ -41,6 +99,7 @@ def _label_config(config, labels: Optional[Sequence[str]], overrides: dict, wher
     saved config or the section's ``config: {num_labels: ...}``."""
     if labels is None:
         return
+    order_free = isinstance(labels, LabelsFromValues)
     labels = [str(n) for n in labels]
     wanted = overrides.get("num_labels")
     if wanted is not None and wanted != len(labels):
@@ -49,6 +108,8 @@ def _label_config(config, labels: Optional[Sequence[str]], overrides: dict, wher
     saved = saved_label_names(config)
     if saved is not None and len(saved) == len(labels) and all(_DEFAULT_LABEL.match(n) for n in labels):
         labels = saved  # the data gives ids only; the model names them
+    if saved is not None and order_free and sorted(saved) == sorted(labels):
+        labels = saved  # the data's names in the model's order
     if saved is not None and saved != labels:
         problem = (f"the model was trained for {len(saved)} labels ({', '.join(saved)}) but the data has "
                    f"{len(labels)} ({', '.join(labels)})" if len(saved) != len(labels) else
@@ -60,28 +121,61 @@ def _label_config(config, labels: Optional[Sequence[str]], overrides: dict, wher
     config.label2id = {n: i for i, n in enumerate(labels)}
 
 
-def load_pretrained(auto_class, path: str, *, labels: Optional[Sequence[str]] = None,
-                    attn_implementation: Optional[str] = None, config_overrides: Optional[dict] = None,
-                    where: str = "model", check_config: Optional[Callable] = None) -> PreTrainedModel:
-    """``auto_class.from_pretrained`` on a folder (or ``builtin:minilm``) with config overrides.
-
-    With ``labels`` (the data's label names) the head is sized for them; a saved head or saved
-    label names that disagree raise a :class:`ConfigError` naming ``where`` and the fix;
-    ``check_config(config)`` may refuse the saved config first (e.g. a head of another task). The
-    process environment is never changed: set ``HF_HUB_OFFLINE=1`` yourself to stay offline.
-    """
+def _resolve(path: str, where: str) -> str:
     try:
-        path = resolve_model_path(path)
+        return resolve_model_path(path)
     except FileNotFoundError as err:
         raise ConfigError(f"{where}.path", str(err).split(". Fix: ")[0], str(err).split(". Fix: ")[-1]) from err
-    overrides = dict(config_overrides or {})
-    config = AutoConfig.from_pretrained(path, **overrides)
+
+
+def agree_label_names(teacher: Optional[nn.Module], student: Optional[nn.Module],
+                      labels: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """The run's label names once teacher and student are loaded (each already checked against the data):
+    the teacher's (or student's) names where the data gave ids only. Two trained heads whose label maps
+    differ are a :class:`ConfigError` naming ``student.path``; a student head without names (a new head,
+    ``LABEL_i``) takes the teacher's."""
+    if labels is None:
+        return None
+    named = {role: saved_label_names(unwrap(model).config) for role, model in (("teacher", teacher),
+             ("student", student)) if model is not None and getattr(unwrap(model), "config", None) is not None}
+    t, s = named.get("teacher"), named.get("student")
+    if t is not None and s is not None and t != s:
+        raise ConfigError("student.path", f"the student's label map {dict(enumerate(s))} differs from the teacher's "
+                          f"{dict(enumerate(t))}", "use a student trained on the teacher's labels (same names, same "
+                          "order), or a base model or `init_from: teacher` (a new head takes the teacher's labels)")
+    names = t or s or [str(n) for n in labels]
+    for model in (teacher, student):
+        config = getattr(unwrap(model), "config", None) if model is not None else None
+        if config is not None and len(names) == getattr(config, "num_labels", -1):
+            config.id2label, config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    return names
+
+
+def load_pretrained(auto_class, path: str, *, labels: Optional[Sequence[str]] = None,
+                    attn_implementation: Optional[str] = None, config_overrides: Optional[dict] = None,
+                    where: str = "model", check_config: Optional[Callable] = None, revision: Optional[str] = None,
+                    dtype: Optional[str] = None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` on a folder, a Hub model ID or ``builtin:minilm``, with config overrides.
+
+    A Hub ID loads at ``revision`` (default ``main``), from the Hugging Face cache when the user set
+    ``HF_HUB_OFFLINE=1`` (the process environment is never changed here); one that cannot be
+    resolved is a :class:`ConfigError` naming both fixes. ``dtype`` is a name (``float32``, the
+    default, ``bfloat16``, ``float16`` or ``auto`` for the saved dtype); ``trust_remote_code`` runs
+    the repository's own code (off by default). With ``labels`` (the data's label names) the head
+    is sized for them; a saved head or saved label names that disagree raise a
+    :class:`ConfigError` naming ``where`` and the fix; ``check_config(config)`` may refuse the saved
+    config first (e.g. a head of another task).
+    """
+    path = _resolve(path, where)
+    hub, overrides = hub_kwargs(revision, trust_remote_code), dict(config_overrides or {})
+    config = _from_hub(lambda p: AutoConfig.from_pretrained(p, **hub, **overrides), path, where, revision)
     if check_config is not None:
         check_config(config)
     _label_config(config, labels, overrides, where)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs.update(hub, **{_DTYPE_KEYWORD: torch_dtype(dtype)})
     try:
-        return auto_class.from_pretrained(path, config=config, **kwargs)
+        return _from_hub(lambda p: auto_class.from_pretrained(p, config=config, **kwargs), path, where, revision)
     except RuntimeError as err:
         if "mismatch" not in str(err):
             raise
@@ -92,14 +186,17 @@ def load_pretrained(auto_class, path: str, *, labels: Optional[Sequence[str]] = 
 
 def build_from_config(auto_class, path: str, *, labels: Optional[Sequence[str]] = None,
                       config_overrides: Optional[dict] = None, attn_implementation: Optional[str] = None,
-                      where: str = "student") -> PreTrainedModel:
+                      where: str = "student", revision: Optional[str] = None, dtype: Optional[str] = None,
+                      trust_remote_code: bool = False) -> PreTrainedModel:
     """A randomly initialised model with the architecture of ``path`` changed by ``config_overrides``.
 
-    Only the config is read from ``path``. Seed first (the CLI does, with ``training.seed``), so a
-    distilled run and its no-teacher baseline start from the same weights.
+    Only the config is read from ``path`` (a folder or a Hub ID, see :func:`load_pretrained`). Seed
+    first (the CLI does, with ``training.seed``), so a distilled run and its no-teacher baseline
+    start from the same weights.
     """
-    overrides = dict(config_overrides or {})
-    config = AutoConfig.from_pretrained(resolve_model_path(path))
+    overrides, hub = dict(config_overrides or {}), hub_kwargs(revision, trust_remote_code)
+    path = _resolve(path, where)
+    config = _from_hub(lambda p: AutoConfig.from_pretrained(p, **hub), path, where, revision)
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise ConfigError(f"{where}.config.{key}", f"{type(config).__name__} has no such field",
@@ -112,6 +209,8 @@ def build_from_config(auto_class, path: str, *, labels: Optional[Sequence[str]] 
                           f"num_attention_heads {heads}", "pick a head count that divides it (e.g. 12 for 312)")
     _label_config(config, labels, {k: v for k, v in overrides.items() if k == "num_labels"}, where)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    dtype = torch_dtype(dtype)
+    kwargs.update({_DTYPE_KEYWORD: dtype} if dtype != "auto" else {}, trust_remote_code=bool(trust_remote_code))
     return auto_class.from_config(config, **kwargs)
 
 
@@ -129,9 +228,11 @@ def load_token_classifier(path: str, num_labels: int, attn_implementation: Optio
                            config_overrides={"num_labels": num_labels, **(config_overrides or {})})
 
 
-def load_tokenizer(path: str):
-    """The tokenizer saved at ``path`` (or ``builtin:minilm``)."""
-    return AutoTokenizer.from_pretrained(resolve_model_path(path))
+def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code: bool = False,
+                   where: str = "model"):
+    """The tokenizer saved at ``path``: a folder, a Hub model ID (at ``revision``) or ``builtin:minilm``."""
+    hub = hub_kwargs(revision, trust_remote_code)
+    return _from_hub(lambda p: AutoTokenizer.from_pretrained(p, **hub), _resolve(path, where), where, revision)
 
 
 def student_from_teacher(teacher: nn.Module, layers: list[int], config_overrides: Optional[dict] = None) -> nn.Module:

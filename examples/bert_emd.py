@@ -16,12 +16,14 @@ hidden states and, separately, for the attention maps:
   (``C^T_j`` likewise); the weight becomes ``softmax_i((sum_k C^S_k / C^S_i) / tau)``, so layers
   that transfer cheaply get more mass.
 
-The total loss adds the embedding-layer MSE (one-to-one), logits KD and the hard-label loss
-with the usual ``distillation`` weights. The paper trains the layers first and the
-prediction layer second; here both at once (set ``kd_loss_weight: 0`` for the first stage).
+The total loss adds the embedding-layer MSE (one-to-one) and, from the toolkit's one KD objective
+(:class:`~distill_toolkit.strategies.KDObjective`), logits KD and the hard-label loss with the usual
+``distillation`` settings (weights and their schedules, temperature and its scheduler, ``kd_loss``);
+only the EMD part is written here. The paper trains the layers first and the prediction layer second;
+here both at once (set ``kd_loss_weight: 0`` for the first stage).
 
-This file uses only the public API (``Strategy``, ``register_strategy``, ``losses.get``,
-``build_projection``): adding a strategy touches no file of the toolkit. Settings come from
+This file uses only the public API (``Strategy``, ``register_strategy``, ``KDObjective``,
+``losses.get``, ``build_projection``): adding a strategy touches no file of the toolkit. Settings come from
 ``distillation.strategy_options``: ``student_layers`` and ``teacher_layers`` (block counts),
 ``tau`` (1.0), ``attention_weight`` / ``hidden_weight`` / ``embedding_weight`` (1.0 each).
 
@@ -44,8 +46,7 @@ from scipy.optimize import linprog
 
 from distill_toolkit import losses
 from distill_toolkit.projections import build_projection
-from distill_toolkit.schedulers import scheduled_weight
-from distill_toolkit.strategies import Strategy, StrategyError, register_strategy
+from distill_toolkit.strategies import KDObjective, Strategy, StrategyError, register_strategy
 
 
 def emd_flow(weights_S: np.ndarray, weights_T: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -105,7 +106,7 @@ class BertEMD(Strategy):
                                 "transformer blocks). Fix: e.g. strategy_options: {student_layers: 3, teacher_layers: 6}")
         self.M, self.N = opts["student_layers"], opts["teacher_layers"]
         self.tau = float(opts.get("tau", 1.0))
-        self.kd_loss = losses.get(config.kd_loss)
+        self.objective = KDObjective(config)  # logits KD + hard labels; its matches are unused (EMD replaces them)
         self.hidden_mse = losses.get("hidden_mse")
         self.projection = torch.nn.Identity()
         # Layer weights are state, not parameters: checkpointed with the strategy, never trained by SGD.
@@ -125,9 +126,9 @@ class BertEMD(Strategy):
         a_S, a_T = student.features["attention:0"], teacher.features["attention:0"]
         # Different head counts: compare head-summed maps (TextBrewer's attention_mse_sum).
         self.attention_mse = losses.get("attention_mse" if a_S.shape == a_T.shape else "attention_mse_sum")
-        if self.config.kd_loss_weight > 0 and student.logits[0].shape != teacher.logits[0].shape:
-            raise StrategyError(f"logits shapes differ: student {tuple(student.logits[0].shape)} vs teacher "
-                                f"{tuple(teacher.logits[0].shape)}. Fix: give the student the teacher's num_labels")
+        self.objective.check_labels(student)  # hard labels need `labels`; KD needs comparable logits
+        if self.config.kd_loss_weight > 0:
+            self.objective.check_logits(student, teacher)
         self.projection = (build_projection("linear", dim_S, dim_T).to(student.features["hidden:0"].device)
                            if dim_S != dim_T else torch.nn.Identity())
 
@@ -149,7 +150,18 @@ class BertEMD(Strategy):
         return (torch.as_tensor(flow, dtype=distances.dtype, device=distances.device) * distances).sum()
 
     def forward(self, batch, student, teachers, progress):
-        teacher, cfg, opts = teachers["teacher"], self.config, self.options
+        teacher, cfg = teachers["teacher"], self.config
+        loss, terms = self.emd_loss(student, teacher)
+        kd = self.objective.kd_term(student, teacher) if cfg.kd_loss_weight > 0 else None
+        hard = self.objective.hard_label_term(student) if cfg.hard_label_weight > 0 else None
+        if kd is not None or hard is not None:  # weighted by their schedules, as in every other strategy
+            kd_loss, kd_terms = self.objective.total(progress, kd=kd, hard=hard)
+            loss, terms = loss + kd_loss, {**terms, **kd_terms}
+        return loss, terms
+
+    def emd_loss(self, student, teacher) -> tuple[torch.Tensor, dict]:
+        """The custom part: embedding MSE plus the EMD hidden and attention terms, weighted by the options."""
+        opts = self.options
         mask = student.inputs_mask
         hid_S = [self.projection(student.features[f"hidden:{i}"]) for i in range(self.M + 1)]
         hid_T = [teacher.features[f"hidden:{j}"] for j in range(self.N + 1)]
@@ -163,13 +175,6 @@ class BertEMD(Strategy):
         total = (opts.get("embedding_weight", 1.0) * terms["embedding"]
                  + opts.get("hidden_weight", 1.0) * terms["emd_hidden"]
                  + opts.get("attention_weight", 1.0) * terms["emd_attention"])
-        if cfg.kd_loss_weight > 0:
-            terms["kd"] = self.kd_loss(student.logits[0], teacher.logits[0], cfg.temperature)
-            total = total + scheduled_weight(cfg.kd_loss_weight_schedule, cfg.kd_loss_weight, progress) * terms["kd"]
-        if cfg.hard_label_weight > 0:
-            terms["hard_label"] = student.loss.mean()
-            total = total + scheduled_weight(cfg.hard_label_weight_schedule, cfg.hard_label_weight,
-                                             progress) * terms["hard_label"]
         return total, {k: v.detach() for k, v in terms.items()}
 
 
@@ -215,7 +220,7 @@ def main() -> None:
             flows = {k: v.round(3).tolist() for k, v in trainer.strategy.last_flows.items()}
             flows["hidden_weights_S"] = trainer.strategy.hidden_weights_S.round(decimals=3).tolist()
             flows["hidden_weights_T"] = trainer.strategy.hidden_weights_T.round(decimals=3).tolist()
-        rows.append(common.row(f"student 3 blocks, {label}", student, data, tokenizer, timer.seconds))
+        rows.append(common.row(f"student 3 blocks, {label}", student, data, tokenizer, timer.seconds, trainer))
     common.print_table(rows, teacher_acc=rows[0]["test_acc"])
     print("last EMD flows (rows: student blocks 1-3, columns: teacher blocks 1-6):")
     for kind in ("hidden", "attention"):

@@ -73,10 +73,11 @@ def main() -> None:
         given = load_teacher(teacher_path) if source == "teacher" else cache
         epochs_steps = args.steps * (2 if name == "augmented" else 1)
         start = time.perf_counter()
-        Trainer(model, training(root / name, epochs_steps), dist, train_data, teacher=given,
-                collate_fn=collate, tokenizer=tokenizer).train()
+        trainer = Trainer(model, training(root / name, epochs_steps), dist, train_data, teacher=given,
+                          collate_fn=collate, tokenizer=tokenizer)
+        trainer.train()
         seconds = time.perf_counter() - start
-        rows.append(row(label, model, data, tokenizer, seconds))
+        rows.append(row(label, model, data, tokenizer, seconds, trainer))  # trainer.evaluate(test), untimed
         results[name] = {"test_acc": rows[-1]["test_acc"], "train_s": seconds, "steps": epochs_steps}
         if name == "online":
             online_weights = {k: v.clone() for k, v in model.state_dict().items()}

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from distill_toolkit import DistillationConfig, Trainer, TrainingConfig
+from distill_toolkit import DistillationConfig, Trainer, TrainingConfig, tasks
 from distill_toolkit.data import load_sentiment
 from distill_toolkit.data.sources import smollm2_gguf
 from distill_toolkit.models import load_gguf_causal_lm, student_from_teacher
@@ -53,18 +52,14 @@ class LMCollator:
 
 
 @torch.inference_mode()
-def perplexity_and_speed(model, batches: list[dict]) -> tuple[float, float]:
-    """Token-level perplexity over every real next token, and forward tokens/second."""
+def tokens_per_second(model, batches: list[dict]) -> float:
+    """Forward tokens/second over ``batches`` (the perplexity comes from the ``causal_lm`` task's metric)."""
     model.eval()
-    nll, tokens, start = 0.0, 0, time.perf_counter()
+    device = next(model.parameters()).device
+    start = time.perf_counter()
     for batch in batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        targets = batch["labels"][:, 1:]
-        keep = targets != -100
-        nll += torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum").item()
-        tokens += int(keep.sum())
-    seconds = time.perf_counter() - start
-    return math.exp(nll / tokens), sum(int(b["attention_mask"].sum()) for b in batches) / seconds
+        model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.cpu()
+    return sum(int(b["attention_mask"].sum()) for b in batches) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -87,26 +82,26 @@ def main() -> None:
     held_out = corpus("test")[:: max(1, len(corpus("test")) // args.eval_sentences)][:args.eval_sentences]
     eval_batches = [collate(held_out[i:i + 16]) for i in range(0, len(held_out), 16)]
 
-    rows = [("SmolLM2-135M teacher", teacher, None)]
+    # perplexity: the causal_lm task's metric, by tasks.perplexity for the teacher, trainer.evaluate for students
+    rows = [("SmolLM2-135M teacher", teacher, None, tasks.perplexity(teacher, held_out, collate, batch_size=16))]
     runs = {"distilled": DistillationConfig(strategy="causal_lm", kd_loss="forward_kl", temperature=1.0,
                                             hard_label_weight=0.5),
             "no teacher": DistillationConfig(strategy="supervised")}
     for name, distillation in runs.items():
         student = student_from_teacher(teacher, STUDENT_BLOCKS)
         training = TrainingConfig(output_dir=str(out / name.replace(" ", "_")), max_steps=args.steps,
-                                  batch_size=args.batch_size, learning_rate=2e-4, warmup_ratio=0.1,
-                                  trackers=["tensorboard"], eval_every_epochs=None, seed=0, overwrite=True)
+                                  batch_size=args.batch_size, eval_batch_size=16, learning_rate=2e-4,
+                                  warmup_ratio=0.1, trackers=["tensorboard"], eval_every_epochs=None, seed=0,
+                                  overwrite=True)
         print(f"\n=== 6-block student, {name}")
-        result = Trainer(student, training, distillation, train_texts, teacher=teacher if name == "distilled" else None,
-                         collate_fn=collate, tokenizer=tokenizer).train()
-        rows.append((f"6-block student, {name}", student, result["train_seconds"]))
+        trainer = Trainer(student, training, distillation, train_texts,
+                          teacher=teacher if name == "distilled" else None, collate_fn=collate, tokenizer=tokenizer)
+        result = trainer.train()
+        rows.append((f"6-block student, {name}", student, result["train_seconds"], trainer.evaluate(held_out)))
 
-    table = []
-    for label, model, train_seconds in rows:
-        ppl, tokens_per_s = perplexity_and_speed(model, eval_batches)
-        table.append({"model": label, "layers": model.config.num_hidden_layers,
-                      "params_M": count_parameters(model) / 1e6, "perplexity": ppl,
-                      "tokens_per_s": tokens_per_s, "train_seconds": train_seconds})
+    table = [{"model": label, "layers": model.config.num_hidden_layers, "params_M": count_parameters(model) / 1e6,
+              "perplexity": scores["perplexity"], "tokens_per_s": tokens_per_second(model, eval_batches),
+              "train_seconds": train_seconds} for label, model, train_seconds, scores in rows]
     header = f"{'model':30} {'layers':>6} {'params':>8} {'held-out ppl':>12} {'tokens/s':>9}"
     print(f"\n{args.steps} steps x {args.batch_size} sentences (max {args.max_length} tokens), "
           f"perplexity on {len(held_out)} held-out sentences")

@@ -13,13 +13,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distill_toolkit import DistillationConfig, Trainer, TrainingConfig
 from distill_toolkit.data import PaddingCollator, load_sentiment, tokenize_classification
-from distill_toolkit.engine.loop import accuracy
 from distill_toolkit.models import load_classifier, load_tokenizer
+from distill_toolkit.utils import count_parameters
 
 MAX_LENGTH = 32
 BATCH_SIZE = 16
@@ -74,27 +73,25 @@ def load_teacher(path):
     return load_classifier(str(path), attn_implementation="eager")
 
 
-@torch.no_grad()
-def test_accuracy(model, dataset, tokenizer, task=None, batch_size: int = 128) -> float:
-    model.eval()
-    collate = collator(tokenizer)
-    preds, golds = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        labels = batch.pop("labels")
-        logits = model(**batch, **({"task": task} if task else {})).logits
-        preds.append(logits.argmax(-1))
-        golds.append(labels)
-    return accuracy(torch.cat(preds).numpy(), torch.cat(golds).numpy())["accuracy"]
+def evaluator(model, data, tokenizer=None, *, collate_fn=None, task=None, label_names=None) -> Trainer:
+    """A :class:`Trainer` that only evaluates ``model``, one this run does not train (e.g. a cached teacher).
+
+    ``evaluator(model, data, tokenizer).evaluate(data)`` gives the metrics of the model's task
+    (``distill_toolkit.tasks.get(task).metric``; the task is read from the model unless given), as
+    ``trainer.evaluate(data)`` does for a student after training. ``data`` is a ``Dataset``, or for a
+    multi-head model ``{task: Dataset}``; ``collate_fn`` defaults to padding with ``tokenizer``.
+    """
+    trainer = Trainer(model, training("outputs/evaluate_only", 1), DistillationConfig(strategy="supervised"), data,
+                      collate_fn=collate_fn or collator(tokenizer), label_names=label_names, task=task)
+    model.to(trainer.accelerator.device)  # nothing is written: train() never runs
+    return trainer
 
 
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def row(label: str, model, data, tokenizer, seconds=None) -> dict:
+def row(label: str, model, data, tokenizer, seconds=None, trainer=None) -> dict:
+    """A table row: test accuracy by ``trainer.evaluate`` (the model's own trainer, else :func:`evaluator`)."""
+    test = (trainer or evaluator(model, data["test"], tokenizer)).evaluate(data["test"])
     return {"model": label, "params_M": round(count_parameters(model) / 1e6, 1),
-            "test_acc": round(test_accuracy(model, data["test"], tokenizer), 4),
+            "test_acc": round(test["accuracy"], 4),
             **({"train_s": round(seconds)} if seconds is not None else {})}
 
 
@@ -115,36 +112,24 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-# ---- task examples (ner.py, multi_label.py): evaluation, throughput, result rows -------------------
+# ---- task examples (ner.py, multi_label.py): throughput, result rows -------------------
 
 @torch.no_grad()
-def evaluate(model, dataset, tokenizer, metric_fn, batch_size: int = 64) -> tuple[dict, float]:
-    """``metric_fn`` on ``model``'s decisions over ``dataset``, and inference examples per second.
-
-    Decisions are made as the Trainer makes them (argmax; ``logits > 0`` for a multi-label model).
-    The rate times the forward passes only: batches are collated first, one warm-up pass precedes.
-    """
+def examples_per_second(model, dataset, tokenizer, batch_size: int = 64) -> float:
+    """Inference examples per second of ``model`` over ``dataset``: the forward passes only (batches are
+    collated first, one warm-up pass precedes)."""
     model.eval()
-    multilabel = getattr(model.config, "problem_type", None) == "multi_label_classification"
+    device = next(model.parameters()).device
     collate = collator(tokenizer)
-    batches = [collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])
-               for s in range(0, len(dataset), batch_size)]
-    golds = [batch.pop("labels") for batch in batches]
+    batches = [{k: v.to(device) for k, v in collate([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])
+                .items() if k != "labels"} for s in range(0, len(dataset), batch_size)]
     model(**batches[0])
     start = time.perf_counter()
-    logits = [model(**batch).logits for batch in batches]
-    rate = len(dataset) / (time.perf_counter() - start)
-    preds = [(lg > 0).long() if multilabel else lg.argmax(-1) for lg in logits]
-    return metric_fn(_stack_rows(preds), _stack_rows(golds)), rate
-
-
-def _stack_rows(tensors: list) -> np.ndarray:
-    """Concatenate per-batch arrays; token-level ones are right-padded with -100 to one width."""
-    rows = [row for t in tensors for row in t.numpy()]
-    if tensors[0].dim() == 1 or len({len(r) for r in rows}) == 1:
-        return np.stack(rows)
-    width = max(len(r) for r in rows)
-    return np.stack([np.pad(r, (0, width - len(r)), constant_values=-100) for r in rows])
+    for batch in batches:
+        model(**batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return len(dataset) / (time.perf_counter() - start)
 
 
 def result_row(label: str, model, metric: str, dev: dict, test: dict, examples_per_s: float, distilled: bool,
@@ -227,7 +212,8 @@ def defaults_epilog(fn) -> str:
 def student_pair_rows(teacher, layers: list[int], kd: DistillationConfig, train, row) -> list[dict]:
     """Rows of the two students built from ``teacher``'s ``layers`` (word embeddings frozen): distilled
     with ``kd``, and trained on the labels alone for the same steps. ``train(model, name, distill,
-    teacher=...)`` runs one; ``row(label, model, distilled, **extra)`` measures it."""
+    teacher=...)`` runs one and returns ``(trainer, result)``; ``row(label, model, distilled, trainer=...,
+    **extra)`` measures it (``trainer.evaluate``), outside the timed training."""
     from distill_toolkit.models import student_from_teacher
 
     rows = []
@@ -236,6 +222,7 @@ def student_pair_rows(teacher, layers: list[int], kd: DistillationConfig, train,
                                None)]:
         student = freeze_word_embeddings(student_from_teacher(teacher, layers))
         with Timer() as timer:
-            result = train(student, distill.strategy, distill, teacher=t)
-        rows.append(row(label, student, t is not None, steps=result["global_step"], train_s=round(timer.seconds)))
+            trainer, result = train(student, distill.strategy, distill, teacher=t)
+        rows.append(row(label, student, t is not None, trainer=trainer, steps=result["global_step"],
+                        train_s=round(timer.seconds)))
     return rows

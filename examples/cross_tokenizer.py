@@ -43,9 +43,9 @@ from distill_toolkit import DistillationConfig, Match, Trainer  # noqa: E402
 from distill_toolkit.data import (DualTokenizerCollator, PaddingCollator, load_sentiment, subsample,  # noqa: E402
                                   tokenize_classification)
 from distill_toolkit.data.sources import mpnet_dir  # noqa: E402
-from distill_toolkit.engine.loop import accuracy  # noqa: E402
 from distill_toolkit.models import load_classifier, load_tokenizer  # noqa: E402
 from distill_toolkit.teachers import build_teacher_cache  # noqa: E402
+from distill_toolkit.utils import count_parameters  # noqa: E402
 
 MAX_LENGTH = 32
 TEACHER_TRAINABLE_BLOCKS = 4  # the top blocks of MPNet's 12 that fine-tuning updates
@@ -72,22 +72,52 @@ def fine_tuned_mpnet(root: Path, steps: int, seed: int = 0) -> Path:
 
 
 @torch.no_grad()
-def evaluate(model, texts, labels, tokenizer, batch_size: int = 128) -> dict:
-    """Test accuracy and inference examples/s (tokenisation included, max 32 tokens, batch 128)."""
+def examples_per_second(model, texts, tokenizer, batch_size: int = 128) -> float:
+    """Inference examples/s (tokenisation included, max 32 tokens, batch 128)."""
     model.eval()
-    start, preds = time.perf_counter(), []
+    device = next(model.parameters()).device
+    start = time.perf_counter()
     for i in range(0, len(texts), batch_size):
         batch = tokenizer(texts[i:i + batch_size], truncation=True, max_length=MAX_LENGTH, padding=True,
                           return_tensors="pt")
-        preds.append(model(**batch).logits.argmax(-1))
-    seconds = time.perf_counter() - start
-    acc = accuracy(torch.cat(preds).numpy(), torch.tensor(labels).numpy())["accuracy"]
-    return {"test_acc": round(acc, 4), "examples_per_s": round(len(texts) / seconds, 1),
-            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)}
+        model(**batch.to(device)).logits.cpu()
+    return len(texts) / (time.perf_counter() - start)
+
+
+def table_row(model, test: dict, texts, tokenizer) -> dict:
+    """Test accuracy (``test``: a ``trainer.evaluate`` result), inference speed and size of one model."""
+    return {"test_acc": round(test["accuracy"], 4),
+            "examples_per_s": round(examples_per_second(model, texts, tokenizer), 1),
+            "params_M": round(count_parameters(model) / 1e6, 1)}
 
 
 def minilm_student():
     return common.freeze_word_embeddings(load_classifier("builtin:minilm"))
+
+
+def train_student(name: str, dist: DistillationConfig, train, collate, cache, root: Path, steps: int,
+                  test, tokenizer) -> dict:
+    """One MiniLM student trained from the cache (or alone); scored by ``trainer.evaluate`` on the raw test
+    split (the student's tokens, batched by the dual collator), outside the timed training."""
+    student = minilm_student()
+    start = time.perf_counter()
+    trainer = Trainer(student, common.training(root / name, steps), dist, train,
+                      teacher=None if dist.strategy == "supervised" else cache, collate_fn=collate)
+    history = trainer.train()["history"]
+    train_s = time.perf_counter() - start
+    return {**table_row(student, trainer.evaluate(test), test["text"], tokenizer), "train_s": round(train_s, 1),
+            "last_losses": {k[6:]: round(v, 4) for k, v in history[-1].items() if k.startswith("train/")
+                            and k != "train/lr"}}
+
+
+def print_table(results: dict, labels: dict) -> None:
+    teacher_acc = results["teacher"]["test_acc"]
+    header = f"{'model':55} {'params':>7} {'test acc':>8} {'% teacher':>9} {'ex/s':>7} {'train s':>7}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, r in results.items():
+        share = 100 * r["test_acc"] / teacher_acc
+        print(f"{labels[name]:55} {r['params_M']:>6.1f}M {r['test_acc']:>8.4f} {share:>8.1f}% "
+              f"{r['examples_per_s']:>7.1f} {r.get('train_s', ''):>7}")
 
 
 def main() -> None:
@@ -107,7 +137,6 @@ def main() -> None:
     teacher_tok, student_tok = load_tokenizer(str(teacher_path)), load_tokenizer("builtin:minilm")
     data = load_sentiment("movies")
     train = subsample(data["train"], args.train_examples, seed=0)  # a random slice: the file lists positives first
-    test_texts, test_labels = data["test"]["text"], data["test"]["label"]
 
     collate = DualTokenizerCollator(student_tok, teacher_tok, text_column="text", label_column="label",
                                     max_length=MAX_LENGTH, align="mean")
@@ -122,30 +151,18 @@ def main() -> None:
     print(f"teacher cache: {len(cache)} sentences, features {cache.feature_keys}, {cache.build_stats}, "
           f"{timings['cache_s']:.0f} s", flush=True)
 
-    results = {"teacher": evaluate(load_classifier(str(teacher_path)), test_texts, test_labels, teacher_tok)}
+    teacher = load_classifier(str(teacher_path))
+    teacher_test = tokenize_classification(data["test"], teacher_tok, max_length=MAX_LENGTH)
+    teacher_scores = common.evaluator(teacher, teacher_test, teacher_tok).evaluate(teacher_test)
+    results = {"teacher": table_row(teacher, teacher_scores, data["test"]["text"], teacher_tok)}
     runs = [("no_teacher", "(a) MiniLM-L6, no teacher (labels only)", DistillationConfig(strategy="supervised")),
             ("logits_kd", "(b) MiniLM-L6, logits KD from cached MPNet", logits_kd),
             ("logits_hidden_kd", "(c) (b) + last hidden states through the alignment", hidden_kd)]
     for name, _, dist in runs:
-        student = minilm_student()
-        start = time.perf_counter()
-        teacher = None if dist.strategy == "supervised" else cache
-        history = Trainer(student, common.training(root / name, args.steps), dist, train, teacher=teacher,
-                          collate_fn=collate).train()["history"]
-        results[name] = {**evaluate(student, test_texts, test_labels, student_tok),
-                         "train_s": round(time.perf_counter() - start, 1),
-                         "last_losses": {k[6:]: round(v, 4) for k, v in history[-1].items() if k.startswith("train/")
-                                         and k != "train/lr"}}
+        results[name] = train_student(name, dist, train, collate, cache, root, args.steps, data["test"], student_tok)
 
-    labels = {"teacher": f"MPNet teacher (top {TEACHER_TRAINABLE_BLOCKS} blocks, {args.teacher_steps} steps)",
-              **{name: label for name, label, _ in runs}}
-    teacher_acc = results["teacher"]["test_acc"]
-    header = f"{'model':55} {'params':>7} {'test acc':>8} {'% teacher':>9} {'ex/s':>7} {'train s':>7}"
-    print("\n" + header + "\n" + "-" * len(header))
-    for name, r in results.items():
-        share = 100 * r["test_acc"] / teacher_acc
-        print(f"{labels[name]:55} {r['params_M']:>6.1f}M {r['test_acc']:>8.4f} {share:>8.1f}% "
-              f"{r['examples_per_s']:>7.1f} {r.get('train_s', ''):>7}")
+    print_table(results, {"teacher": f"MPNet teacher (top {TEACHER_TRAINABLE_BLOCKS} blocks, {args.teacher_steps} "
+                                     "steps)", **{name: label for name, label, _ in runs}})
     print(json.dumps({**results, "steps": args.steps, "train_examples": len(train),
                       "teacher_steps": args.teacher_steps, "cache_build": cache.build_stats,
                       **{k: round(v, 1) for k, v in timings.items()}}))

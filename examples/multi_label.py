@@ -15,7 +15,8 @@ sentence gets six independent 0/1 targets:
 so a sentence carries one to three labels at once (e.g. a strongly negative tweet: is_tweet,
 strong). The model has one sigmoid per label (``problem_type="multi_label_classification"``);
 a label is predicted when its sigmoid exceeds 0.5. Metrics: micro F1 (headline) and macro F1
-over the six labels (``distill_toolkit.metrics.multi_label_f1``).
+over the six labels (the ``multilabel_classification`` task's metric,
+``distill_toolkit.metrics.multi_label_f1``, computed by ``Trainer.evaluate``).
 
 1. Teacher: all-MiniLM-L6-v2, fine-tuned with ``supervised`` (binary cross-entropy); cached.
 2. Student: the teacher's blocks 1, 3, 5 (embeddings and head copied), distilled with ``single``
@@ -28,7 +29,6 @@ over the six labels (``distill_toolkit.metrics.multi_label_f1``).
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -42,7 +42,6 @@ from ner import hidden_matches  # noqa: E402
 
 from distill_toolkit import DistillationConfig, Trainer  # noqa: E402
 from distill_toolkit.data import load_sentiment, tokenize_classification  # noqa: E402
-from distill_toolkit.metrics import multi_label_f1  # noqa: E402
 from distill_toolkit.models import load_classifier, load_tokenizer  # noqa: E402
 
 DOMAINS = {"movies": "is_movie", "tweets": "is_tweet", "amazon": "is_amazon", "nyt": "is_nyt"}
@@ -77,17 +76,18 @@ def run(output_dir: str = "outputs/examples", epochs: float = 2.0, teacher_epoch
     tokenizer = load_tokenizer("builtin:minilm")
     data = tokenize_classification(multi_label_data(per_domain), tokenizer, max_length=max_length,
                                    label_column="targets")
-    metric = functools.partial(multi_label_f1, label_names=LABELS)
 
     def train(model, name, distill, teacher=None, n_steps=steps, n_epochs=epochs, lr=learning_rate):
         config = common.training(out / name, n_steps, seed=seed, learning_rate=lr, batch_size=batch_size,
                                  num_epochs=n_epochs)
-        return Trainer(model, config, distill, data["train"], teacher=teacher, collate_fn=common.collator(tokenizer),
-                       tokenizer=tokenizer).train()
+        trainer = Trainer(model, config, distill, data["train"], teacher=teacher,
+                          collate_fn=common.collator(tokenizer), tokenizer=tokenizer, label_names=LABELS)
+        return trainer, trainer.train()
 
-    def row(label, model, distilled, **extra):
-        dev, _ = common.evaluate(model, data["dev"], tokenizer, metric)
-        test, rate = common.evaluate(model, data["test"], tokenizer, metric)
+    def row(label, model, distilled, trainer=None, **extra):
+        trainer = trainer or common.evaluator(model, data["test"], tokenizer, label_names=LABELS)
+        dev, test = trainer.evaluate(data["dev"]), trainer.evaluate(data["test"])
+        rate = common.examples_per_second(model, data["test"], tokenizer)
         return common.result_row(label, model, METRIC, dev, test, rate, distilled, command, also=("macro_f1",),
                                  **extra)
 

@@ -27,6 +27,7 @@ from distill_toolkit import DistillationConfig, Match, Trainer  # noqa: E402
 from distill_toolkit.data import SENTIMENT_DOMAINS  # noqa: E402
 from distill_toolkit.models import student_from_teacher  # noqa: E402
 from distill_toolkit.multi_head import MultiHeadClassifier  # noqa: E402
+from distill_toolkit.utils import count_parameters  # noqa: E402
 
 DOMAINS = ["movies", "tweets", "amazon", "nyt"]
 
@@ -39,9 +40,13 @@ def three_block_student(num_labels: dict) -> MultiHeadClassifier:
                                                              num_labels))
 
 
-def per_task_row(label: str, model, data, tokenizer, seconds=None) -> dict:
-    accs = {d: round(common.test_accuracy(model, data[d]["test"], tokenizer, task=d), 4) for d in DOMAINS}
-    return {"model": label, "params_M": round(common.count_parameters(model) / 1e6, 1), **accs,
+def per_task_row(label: str, model, data, tokenizer, seconds=None, trainer=None) -> dict:
+    """Per-domain test accuracy by ``trainer.evaluate({domain: test split})`` (the model's own trainer, else
+    one that only evaluates), and their mean."""
+    tests = {d: data[d]["test"] for d in DOMAINS}
+    scores = (trainer or common.evaluator(model, tests, tokenizer)).evaluate(tests)
+    accs = {d: round(scores[f"{d}/accuracy"], 4) for d in DOMAINS}
+    return {"model": label, "params_M": round(count_parameters(model) / 1e6, 1), **accs,
             "mean": round(sum(accs.values()) / len(accs), 4), **({"train_s": round(seconds)} if seconds else {})}
 
 
@@ -80,10 +85,11 @@ def main() -> None:
     for label, distill, t in runs:
         student = three_block_student(heads)
         with common.Timer() as timer:
-            result = Trainer(student, common.training(out / "multi_task" / distill.strategy, args.steps), distill,
-                             train, teacher=t, collate_fn=collate, tokenizer=tokenizer).train()
+            trainer = Trainer(student, common.training(out / "multi_task" / distill.strategy, args.steps), distill,
+                              train, teacher=t, collate_fn=collate, tokenizer=tokenizer)
+            result = trainer.train()
         history[distill.strategy] = result["history"][-1]
-        rows.append(per_task_row(label, student, data, tokenizer, timer.seconds))
+        rows.append(per_task_row(label, student, data, tokenizer, timer.seconds, trainer))
 
     header = f"{'model (test accuracy)':44} {'params':>7} " + " ".join(f"{d:>7}" for d in DOMAINS) + f" {'mean':>7}"
     print("\n" + header + "\n" + "-" * len(header))

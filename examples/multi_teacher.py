@@ -23,18 +23,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
-from distill_toolkit import DistillationConfig, Match, Trainer  # noqa: E402
-from distill_toolkit.engine.loop import accuracy  # noqa: E402
+from distill_toolkit import DistillationConfig, Match, Trainer, tasks  # noqa: E402  (tasks: the registry)
 from distill_toolkit.models import load_classifier, student_from_teacher  # noqa: E402
 
 
 @torch.no_grad()
 def ensemble_accuracy(teachers, dataset, tokenizer) -> float:
+    """Test accuracy of the teachers' mean logits (an ensemble is no one model, so no Trainer scores it)."""
     collate = common.collator(tokenizer)
     batch = collate([dataset[i] for i in range(len(dataset))])
     labels = batch.pop("labels")
     mean = torch.stack([t.eval()(**batch).logits for t in teachers]).mean(0)
-    return accuracy(mean.argmax(-1).numpy(), labels.numpy())["accuracy"]
+    metric = tasks.get("sequence_classification").metric  # the metric the Trainer scores these models with
+    return metric(mean.argmax(-1).numpy(), labels.numpy())["accuracy"]
 
 
 def main() -> None:
@@ -66,9 +67,11 @@ def main() -> None:
         student = common.freeze_word_embeddings(
             student_from_teacher(load_classifier("builtin:minilm", attn_implementation="eager"), [1, 3, 5]))
         with common.Timer() as timer:
-            Trainer(student, common.training(out / "multi_teacher" / name, args.steps), distill, data["train"],
-                    teacher=teacher, collate_fn=common.collator(tokenizer), tokenizer=tokenizer).train()
-        rows.append(common.row(f"student (3 blocks): {label}", student, data, tokenizer, timer.seconds))
+            trainer = Trainer(student, common.training(out / "multi_teacher" / name, args.steps), distill,
+                              data["train"], teacher=teacher, collate_fn=common.collator(tokenizer),
+                              tokenizer=tokenizer)
+            trainer.train()
+        rows.append(common.row(f"student (3 blocks): {label}", student, data, tokenizer, timer.seconds, trainer))
     common.print_table(rows, teacher_acc=sum(r["test_acc"] for r in rows[:3]) / 3)
     print("(% teacher: of the three teachers' mean test accuracy)")
     print(json.dumps({"rows": rows, "steps": args.steps, "teacher_steps": args.teacher_steps}))

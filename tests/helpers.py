@@ -49,20 +49,19 @@ def collate(examples: list[dict]) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
 
 
-def read_wandb_history(run_file) -> list[dict]:
-    """History rows of an offline W&B run, read from its ``.wandb`` file.
+def wandb_records(run_file) -> list:
+    """Every protobuf ``Record`` of an offline W&B run, read from its ``.wandb`` file.
 
     The file is a 7-byte header (``:W&B``, magic, version) followed by LevelDB-style log
     records (crc32, little-endian length, type) in 32 KiB blocks, each a protobuf Record.
     """
-    import json
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = open(run_file, "rb").read()
     assert data[:4] == b":W&B", "not a W&B run file"
-    pos, block, payload, rows = 7, 32768, b"", []
+    pos, block, payload, records = 7, 32768, b"", []
     while pos + 7 <= len(data):
         left = block - pos % block
         if left < 7:
@@ -77,10 +76,16 @@ def read_wandb_history(run_file) -> list[dict]:
         if kind in (1, 4):
             record = pb.Record()
             record.ParseFromString(payload)
-            if record.WhichOneof("record_type") == "history":
-                rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+            records.append(record)
+    return records
+
+
+def read_wandb_history(run_file) -> list[dict]:
+    """History rows of an offline W&B run, read from its ``.wandb`` file."""
+    import json
+
+    return [{(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(run_file) if record.WhichOneof("record_type") == "history"]
 
 
 def toy_training(output_dir, **kw):

@@ -86,6 +86,42 @@ def test_bert_emd_trains_on_the_one_loop(tmp_path):
     assert strategy.projection.weight.shape == (48, 32)
 
 
+def _views(seed: int, layers: int, batch: int = 4, length: int = 7, width: int = 8, heads: int = 2):
+    """A ModelView with the features BERT-EMD reads (hidden:0..layers, attention maps), logits and a loss."""
+    from distill_toolkit.features import ModelView
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, -2:] = 0
+    features = {f"hidden:{i}": torch.randn(batch, length, width, generator=g) for i in range(layers + 1)}
+    features.update({f"attention:{i}": torch.randn(batch, heads, length, length, generator=g).softmax(-1)
+                     for i in range(layers)})
+    return ModelView(logits=[torch.randn(batch, 3, generator=g)], loss=torch.rand((), generator=g),
+                     labels=torch.arange(batch) % 3, inputs_mask=mask, features=features)
+
+
+@pytest.mark.parametrize("kd_weight,hard_weight", [(1.0, 0.5), (0.0, 0.7), (1.0, 0.0), (0.0, 0.0)])
+def test_bert_emd_loss_is_its_emd_terms_plus_kd_and_hard_labels(kd_weight, hard_weight):
+    """The total: weighted EMD terms + the KD objective's kd (scheduled weight) and hard-label terms."""
+    distill = DistillationConfig(strategy="bert_emd", temperature=3.0, kd_loss_weight=kd_weight,
+                                 hard_label_weight=hard_weight, kd_loss_weight_schedule="linear_decay",
+                                 strategy_options={"student_layers": 2, "teacher_layers": 4, "hidden_weight": 0.5})
+    strategy = bert_emd.BertEMD(distill)
+    strategy.setup(_views(0, 2), {"teacher": _views(1, 4)})
+    student, teacher = _views(2, 2), _views(3, 4)
+    loss, terms = strategy(None, student, {"teacher": teacher}, 0.25)
+    expected = terms["embedding"] + 0.5 * terms["emd_hidden"] + terms["emd_attention"]
+    if kd_weight:
+        kd = get_loss("kd_ce")(student.logits[0], teacher.logits[0], 3.0)
+        assert float(terms["kd"]) == pytest.approx(float(kd), rel=1e-6)
+        expected = expected + kd_weight * (1 - 0.25) * kd  # linear_decay at progress 0.25
+    if hard_weight:
+        assert float(terms["hard_label"]) == pytest.approx(float(student.loss))
+        expected = expected + hard_weight * student.loss
+    assert ("kd" in terms) == bool(kd_weight) and ("hard_label" in terms) == bool(hard_weight)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_bert_emd_needs_its_layer_counts():
     with pytest.raises(StrategyError, match=r"strategy_options \['teacher_layers'\]"):
         bert_emd.BertEMD(DistillationConfig(strategy="bert_emd", strategy_options={"student_layers": 2}))

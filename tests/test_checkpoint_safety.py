@@ -73,8 +73,9 @@ def _checkpoint_files(folder: Path) -> list[str]:
 
 def test_a_checkpoint_holds_only_safetensors_and_json(toy_run):
     step = toy_run / "checkpoints" / "step_6"
-    assert _checkpoint_files(step) == [MARKER, MANIFEST, META_FILE, "model.safetensors", "optimizer.safetensors",
-                                       "rng_state_0.safetensors", "trainer_state.json"]
+    assert _checkpoint_files(step) == [MARKER, MANIFEST, META_FILE, "config.yaml", "model.safetensors",
+                                       "optimizer.safetensors", "rng_state_0.safetensors", "student/config.json",
+                                       "student/student.json", "trainer_state.json"]  # student/: for export
     assert not list(toy_run.rglob("*.pkl"))
     meta = json.loads((step / META_FILE).read_text())
     assert meta["scheduler"]["last_epoch"] == 6 and meta["engine"] == "torch"

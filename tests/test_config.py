@@ -44,7 +44,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 @pytest.mark.parametrize("section, change, field, fix", [
     ("training", {"batch_size": 0}, "training.batch_size", "positive integer"),
     ("training", {"mixed_precision": "fp8"}, "training.mixed_precision", "bf16"),
-    ("training", {"trackers": ["mlflow"]}, "training.trackers", "tensorboard"),
+    ("training", {"trackers": ["mlfow"]}, "training.trackers", "tensorboard"),
     ("training", {"warmup_ratio": 1.5}, "training.warmup_ratio", r"\[0, 1\)"),
     ("training", {"lr_scheduler": "exp"}, "training.lr_scheduler", "cosine"),
     ("distillation", {"temperature": 0}, "distillation.temperature", "> 0"),

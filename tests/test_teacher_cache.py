@@ -2,6 +2,7 @@
 killed writes resume, top-k logits (k = vocab equals dense), in-memory mode, unlabelled text."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -418,8 +419,12 @@ def test_cli_cache_teacher_then_train_without_teacher_forward(tmp_path, monkeypa
     BertForSequenceClassification.from_pretrained(teacher_dir).apply(
         lambda m: torch.nn.init.normal_(m.weight) if isinstance(m, torch.nn.Linear) else None
     ).save_pretrained(teacher_dir)
-    with pytest.raises(TeacherCacheError, match="teacher's weights differ.*cache-teacher CONFIG.yaml --overwrite"):
-        main(["train", str(path)])
+    capsys.readouterr()
+    assert main(["train", str(path)]) == 2  # one line naming what differs and the rebuild command
+    assert re.search(r"teacher cache error: .*teacher's weights differ.*cache-teacher CONFIG.yaml --overwrite",
+                     capsys.readouterr().err)
+    with pytest.raises(TeacherCacheError, match="teacher's weights differ"):  # --debug: the exception itself
+        main(["train", str(path), "--debug"])
     config["training"].pop("teacher_cache")
     path.write_text(yaml.safe_dump(config))
     assert main(["cache-teacher", str(path)]) == 2

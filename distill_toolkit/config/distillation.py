@@ -10,12 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from distill_toolkit.config.base import ConfigError, Serializable, check, is_finite_number, is_int
+from distill_toolkit.config.base import ConfigError, Serializable, check, check_types, is_finite_number, is_int
 
 LayerRef = Union[int, list]
 
-FEATURES = ("hidden", "attention", "module")
+FEATURES = ("hidden", "attention", "query", "key", "value", "module")
+#: features taken per head, ``(batch, heads, length, head_dim)``: compared by relations, never projected
+HEAD_FEATURES = ("query", "key", "value")
 PAIR_LOSSES = ("fsp", "gram", "mmd", "nst")
+#: losses that compare per-head relations (any width, any head count) and the one that compares attention maps
+RELATION_LOSSES = ("minilmv2_relation", "minilm_value_relation")
+ATTENTION_ONLY_LOSSES = ("minilm_attention",)
 TEACHER_COMBINATIONS = ("mean", "weights", "confidence")
 
 
@@ -25,9 +30,14 @@ class Match(Serializable):
 
     ``feature`` is ``"hidden"`` (hidden states; layer 0 is the embedding output, layer
     ``i`` the output of block ``i``, as in Hugging Face's ``hidden_states``),
-    ``"attention"`` (attention probabilities of block ``i``, 0-based) or ``"module"``
-    (the output of any named module: set ``teacher_module``/``student_module``).
-    ``fsp``/``mmd`` take a pair of layers on each side, e.g. ``teacher_layer: [0, 2]``.
+    ``"attention"`` (attention probabilities of block ``i``, 0-based), ``"query"`` / ``"key"`` /
+    ``"value"`` (block ``i``'s self-attention queries, keys or values per head, for the MiniLM
+    relation losses) or ``"module"`` (the output of any named module: set
+    ``teacher_module``/``student_module``). ``fsp``/``mmd`` take a pair of layers on each side, e.g.
+    ``teacher_layer: [0, 2]``.
+
+    ``loss_kwargs`` are passed to the loss as keywords, e.g. MiniLMv2's query-query relation over
+    12 relation heads: ``{feature: query, loss: minilmv2_relation, loss_kwargs: {relation_heads: 12}}``.
 
     ``projection`` (``"linear"``, ``"relu"``, ``"tanh"``) maps the student feature to the
     teacher's width; its sizes are read from the models. TextBrewer's
@@ -48,6 +58,7 @@ class Match(Serializable):
     student_module: Optional[str] = None
     teacher: Optional[str] = None
     task: Optional[str] = None
+    loss_kwargs: dict = field(default_factory=dict)
 
     @property
     def projection_kind(self) -> Optional[str]:
@@ -63,7 +74,8 @@ class Match(Serializable):
         def tag(layer):
             return "_".join(map(str, layer)) if isinstance(layer, list) else str(layer)
 
-        return f"{self.loss}/S{tag(self.student_layer)}-T{tag(self.teacher_layer)}"
+        loss = f"{self.loss}.{self.feature}" if self.feature in HEAD_FEATURES else self.loss  # qq, kk, vv apart
+        return f"{loss}/S{tag(self.student_layer)}-T{tag(self.teacher_layer)}"
 
     def validate(self, where: str = "match") -> None:
         check(self.feature in FEATURES, f"{where}.feature", f"unknown feature {self.feature!r}",
@@ -84,6 +96,8 @@ class Match(Serializable):
                 and isinstance(self.projection[0], str) and all(is_int(d) for d in self.projection[1:3]))
             check(ok, f"{where}.projection", f"bad value {self.projection!r}",
                   "use a kind (`linear`, `relu`, `tanh`) or TextBrewer's [kind, dim_student, dim_teacher]")
+        self._validate_relation(where)
+        check_types(self, where)
         if self.feature == "module":
             for side in ("teacher_module", "student_module"):
                 value = getattr(self, side)
@@ -102,6 +116,25 @@ class Match(Serializable):
                 check(is_int(value) and value >= 0, f"{where}.{side}",
                       f"must be a layer index >= 0, got {value!r}",
                       f"set it (feature {self.feature!r} indexes layers; layer 0 is the embedding output for 'hidden')")
+
+
+    def _validate_relation(self, where: str) -> None:
+        """``loss_kwargs`` is a mapping; per-head features and relation/attention losses go together."""
+        check(isinstance(self.loss_kwargs, dict) and all(isinstance(k, str) for k in self.loss_kwargs),
+              f"{where}.loss_kwargs", f"must be a mapping of keyword names to values, got {self.loss_kwargs!r}",
+              "e.g. `loss_kwargs: {relation_heads: 12}`, or remove it")
+        if self.feature in HEAD_FEATURES:
+            check(self.projection is None, f"{where}.projection",
+                  f"feature {self.feature!r} is compared through relations (any width), so it is never projected",
+                  "remove `projection`")
+        if self.loss in RELATION_LOSSES:
+            check(self.feature != "attention", f"{where}.feature",
+                  f"loss {self.loss!r} compares relations of query/key/value vectors, not attention maps",
+                  "set `feature: query`, `key` or `value` (MiniLMv2: one match each), or use loss minilm_attention")
+        if self.loss in ATTENTION_ONLY_LOSSES:
+            check(self.feature == "attention", f"{where}.feature",
+                  f"loss {self.loss!r} compares attention distributions, but the match reads {self.feature!r}",
+                  "set `feature: attention` (MiniLM: the last layer of both models)")
 
 
 @dataclass
@@ -172,6 +205,8 @@ class DistillationConfig(Serializable):
               "set `probability_shift: true` to swap the teacher's top logit with the true label's")
         for i, match in enumerate(self.matches):
             match.validate(f"{where}.matches[{i}]")
+        if self.task == "general":
+            self.validate_general(where)
         check(self.teacher_combination in TEACHER_COMBINATIONS, f"{where}.teacher_combination",
               f"unknown combination {self.teacher_combination!r}", f"use one of {', '.join(TEACHER_COMBINATIONS)}")
         weights = self.teacher_weights
@@ -189,3 +224,16 @@ class DistillationConfig(Serializable):
               "give one weight per teacher, e.g. `teacher_weights: [2, 1]`")
         check(isinstance(self.strategy_options, dict), f"{where}.strategy_options", "must be a mapping",
               "e.g. `strategy_options: {tau: 1.0}`")
+
+    def validate_general(self, where: str = "distillation") -> None:
+        """Task-agnostic distillation (``task: general``): encoders on unlabelled text, features only."""
+        for name in ("kd_loss_weight", "hard_label_weight"):
+            check(getattr(self, name) == 0, f"{where}.{name}",
+                  "task 'general' distils encoders on unlabelled text: there are no logits and no labels",
+                  f"set `{name}: 0` and learn from intermediate matches (hidden, attention or relation losses)")
+        check(not self.probability_shift, f"{where}.probability_shift", "task 'general' has no labels to shift to",
+              "set `probability_shift: false`")
+        check(bool(self.matches), f"{where}.matches", "task 'general' learns from intermediate matches only, "
+              "and none is given", "add e.g. `{feature: value, teacher_layer: 5, student_layer: 3, "
+              "loss: minilmv2_relation}` or a hidden_mse match")
+        check_types(self, where)

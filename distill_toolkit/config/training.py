@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from distill_toolkit.config.base import Serializable, check, is_finite_number, is_int
+from distill_toolkit.config.base import Serializable, check, check_types, is_finite_number, is_int
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-TRACKERS = ("tensorboard", "wandb")
+# The tracker names Accelerate knows (accelerate.utils.LoggerType, less "all"); whether the package behind
+# one is installed is checked by the engine (distill_toolkit.engine.trackers.check_trackers).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 WANDB_MODES = ("offline", "online", "disabled")
 TASK_SAMPLERS = ("proportional", "round_robin", "weights")
 TEACHER_PLACEMENTS = ("replicated", "zero3", "fsdp", "cpu_offload")
@@ -52,9 +54,13 @@ class TrainingConfig(Serializable):
     resume_from: Optional[str] = None
     log_every_steps: int = 1
     trackers: list = field(default_factory=lambda: ["tensorboard"])
-    project_name: str = "distill_toolkit"
+    # Run naming for the trackers. Left unset (null / []), W&B reads its own WANDB_PROJECT, WANDB_NAME,
+    # WANDB_TAGS, WANDB_RUN_GROUP and WANDB_MODE; without those: project distill_toolkit, mode offline.
+    project_name: Optional[str] = None
     run_name: Optional[str] = None
-    wandb_mode: str = "offline"
+    tags: list = field(default_factory=list)
+    group: Optional[str] = None
+    wandb_mode: Optional[str] = None
     progress_bar: bool = True
     cpu: bool = False
     teacher_placement: str = "replicated"  # one of TEACHER_PLACEMENTS (teachers/placement.py)
@@ -100,10 +106,7 @@ class TrainingConfig(Serializable):
               "set e.g. `max_grad_norm: 1.0`, or null to disable clipping")
         check(self.mixed_precision in MIXED_PRECISION, f"{where}.mixed_precision",
               f"unknown {self.mixed_precision!r}", f"use one of {', '.join(MIXED_PRECISION)}")
-        check(isinstance(self.trackers, list) and all(t in TRACKERS for t in self.trackers), f"{where}.trackers",
-              f"bad value {self.trackers!r}", f"use a list drawn from {', '.join(TRACKERS)} (or [])")
-        check(self.wandb_mode in WANDB_MODES, f"{where}.wandb_mode", f"unknown {self.wandb_mode!r}",
-              f"use one of {', '.join(WANDB_MODES)}")
+        self._validate_trackers(where)
         check(is_int(self.seed), f"{where}.seed", "must be an integer", "set e.g. `seed: 42`")
         check(isinstance(self.group_by_length, bool), f"{where}.group_by_length", "must be true or false",
               "set `group_by_length: true` to batch examples of similar length (less padding)")
@@ -131,6 +134,31 @@ class TrainingConfig(Serializable):
                   "set `task_sampler: weights`, or remove task_weights")
         check(self.task_sampler != "weights" or self.task_weights is not None, f"{where}.task_weights",
               "task_sampler is 'weights' but no task_weights are given", "e.g. `task_weights: {movies: 2, tweets: 1}`")
+        check_types(self, where)  # what the checks above leave: e.g. `progress_bar: "yes"`, `adam_epsilon: "1e-8"`
+
+    def _validate_trackers(self, where: str) -> None:
+        check(isinstance(self.trackers, list) and all(t in TRACKERS for t in self.trackers), f"{where}.trackers",
+              f"bad value {self.trackers!r}", f"use a list drawn from {', '.join(TRACKERS)} (or [])")
+        check(self.wandb_mode is None or self.wandb_mode in WANDB_MODES, f"{where}.wandb_mode",
+              f"unknown {self.wandb_mode!r}", f"use one of {', '.join(WANDB_MODES)}, or null (WANDB_MODE, else offline)")
+        bad_project = set("/\\#?%:")
+        check(self.project_name is None or (isinstance(self.project_name, str) and self.project_name.strip() != ""
+                                            and len(self.project_name) <= 128
+                                            and not bad_project & set(self.project_name)),
+              f"{where}.project_name", f"must be a name of 1-128 characters without / \\ # ? % :, got "
+              f"{self.project_name!r}", "set e.g. `project_name: sst2-distill`, or null (WANDB_PROJECT, else "
+              "distill_toolkit)")
+        for name in ("run_name", "group"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and value.strip() != "" and len(value) <= 128),
+                  f"{where}.{name}", f"must be a non-empty name of at most 128 characters or null, got {value!r}",
+                  f"set e.g. `{name}: tinybert-T4`, or remove it")
+        check(isinstance(self.tags, list) and all(isinstance(t, str) and 0 < len(t.strip()) and len(t) <= 64
+                                                  for t in self.tags),
+              f"{where}.tags", f"must be a list of non-empty names of at most 64 characters, got {self.tags!r}",
+              "e.g. `tags: [kd, tinybert]`, or [] (W&B then reads WANDB_TAGS)")
+        check(isinstance(self.tags, list) and len(set(self.tags)) == len(self.tags), f"{where}.tags",
+              f"lists a tag twice: {self.tags!r}", "keep each tag once")
 
     def _validate_teacher_cache(self, where: str) -> None:
         check(self.teacher_cache is None or (isinstance(self.teacher_cache, str) and self.teacher_cache != ""),

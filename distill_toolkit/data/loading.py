@@ -4,6 +4,9 @@
 - ``twitter_ner``: Twitter NER (BIO tags), fetched once; ``tokens`` and ``ner_tags`` columns.
 - ``files``: your JSON-lines / JSON / CSV files (``train_file``, ``dev_file``, ``test_file``).
 - ``text``: text for causal LMs: ``.txt`` (one example per line), JSON-lines or CSV.
+- ``hf``: anything ``datasets`` reads: a Hub ID, a dataset folder, a data file, a ``save_to_disk``
+  folder (:mod:`distill_toolkit.data.hf`).
+- ``shakespeare`` / ``vader_sentences``: unlabelled English text, fetched once (:mod:`.unlabelled`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import datasets
 
 from distill_toolkit.config import ConfigError, DataSpec
 from distill_toolkit.data.datasets import load_sentiment, load_twitter_ner, subsample
+from distill_toolkit.data.unlabelled import UNLABELLED_SOURCES, load_unlabelled
+from distill_toolkit.data.errors import DataError
+from distill_toolkit.data.hf import load_hf_splits
 
-
-class DataError(ValueError):
-    """The data cannot serve the run; the message names the file or split, the row and the fix."""
+__all__ = ["DataError", "check_text_file", "load_splits"]
 
 
 def load_splits(spec: DataSpec) -> datasets.DatasetDict:
@@ -26,6 +30,10 @@ def load_splits(spec: DataSpec) -> datasets.DatasetDict:
         splits = load_sentiment(spec.domain, seed=spec.seed, max_examples=spec.max_examples)
     elif spec.name == "twitter_ner":
         splits = load_twitter_ner(seed=spec.seed, max_examples=spec.max_examples)
+    elif spec.name == "hf":
+        splits = load_hf_splits(spec)
+    elif spec.name in UNLABELLED_SOURCES:
+        splits = load_unlabelled(spec.name, seed=spec.seed, max_examples=spec.max_examples)
     else:
         splits = datasets.DatasetDict({split: _read_file(path, spec, split) for split, path in _files(spec)})
     if spec.max_train_examples:

@@ -11,7 +11,11 @@ its own weight and optimiser files (see :mod:`distill_toolkit.engine.engine_stat
 Files of a checkpoint (single process / DDP)::
 
     model.safetensors  optimizer.safetensors  rng_state_{rank}.safetensors
-    checkpoint.json  trainer_state.json  MANIFEST.json  COMPLETE
+    checkpoint.json  trainer_state.json  config.yaml  student/  MANIFEST.json  COMPLETE
+
+``student/`` holds what ``distill-toolkit export`` needs besides the weights: the student's config
+files and tokenizer (and, under DeepSpeed and FSDP, the gathered student weights, since the engine's
+own files cannot be read without it); see :mod:`distill_toolkit.engine.export`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -71,12 +75,15 @@ def latest_checkpoint(output_dir: str) -> Optional[Path]:
 # ---- save ---------------------------------------------------------------------------------
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, state: dict, keep: int, *,
-                    model, optimizer, scheduler, run: Optional[dict] = None) -> Path:
+                    model, optimizer, scheduler, run: Optional[dict] = None,
+                    extras: Optional[Callable[[Path], None]] = None) -> Path:
     """Save model, optimiser, LR schedule, RNG and ``state`` atomically as ``checkpoints/step_{step}``.
 
     ``run`` is the run record of :func:`~distill_toolkit.engine.run_dir.claim_output_dir`; its
     fingerprint is stored so ``resume_from: latest`` only picks this run's checkpoints. Only
     the ``keep`` newest checkpoints (and the one ``state['best_checkpoint']`` names) are kept.
+    ``extras(folder)`` writes more files into the checkpoint on the main process before it is sealed
+    (the Trainer's: the student's config and tokenizer under ``student/``, the run's ``config.yaml``).
     """
     root = checkpoint_root(output_dir)
     final, partial = root / f"step_{step}", root / f"step_{step}.partial"
@@ -90,6 +97,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, state:
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
         (partial / META_FILE).write_text(json.dumps(_meta(accelerator, step, scheduler, run), indent=1))
+        if extras is not None:
+            extras(partial)
         seal(partial)  # MANIFEST.json, then the COMPLETE marker
         if final.exists():
             shutil.rmtree(final)

@@ -22,7 +22,6 @@ from accelerate.utils import DistributedType, DistributedDataParallelKwargs, sen
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from distill_toolkit.batch import model_inputs
 from distill_toolkit.config import DistillationConfig, TrainingConfig
@@ -30,11 +29,17 @@ from distill_toolkit.data.cache import TeacherCache, resolve_teacher_cache, trai
 from distill_toolkit.data.multitask import TaskCollator, probe_batches, task_loader
 from distill_toolkit.data.samplers import LengthGroupedSampler
 from distill_toolkit.engine.accelerator import build_accelerator
+from distill_toolkit.engine.callbacks import Callback  # noqa: F401  (re-exported)
 from distill_toolkit.engine.checkpoint import (load_checkpoint, newest_intact_checkpoint, resolve_resume,
                                               save_checkpoint)
-from distill_toolkit.engine.export import export_student
+from distill_toolkit.engine.export import card_classes, checkpoint_extras, export_student
+from distill_toolkit.engine.model_card import model_card
 from distill_toolkit.engine.module import DistillationModule
+from distill_toolkit.engine.normalise import deepspeed_scale, normalise_gradients
+from distill_toolkit.engine.optim import build_lr_scheduler, build_optimizer
 from distill_toolkit.engine.run_dir import claim_output_dir
+from distill_toolkit.engine.run_info import CONFIG_FILE, config_yaml, resolved_config, run_info
+from distill_toolkit.engine.trackers import check_trackers, finish_trackers, start_trackers
 from distill_toolkit.features import Adaptor
 from distill_toolkit.metrics import accuracy  # noqa: F401  (re-exported: the metric of most tasks)
 from distill_toolkit.strategies import build_strategy
@@ -59,16 +64,8 @@ class TrainState:
     best_step: Optional[int] = None
     best_checkpoint: str = ""
     history: list = field(default_factory=list)
-
-
-class Callback:
-    """Hooks into the loop; override what you need. Set ``trainer.should_stop = True`` to stop."""
-
-    def on_step_end(self, trainer: "Trainer", step: int, logs: dict) -> None: ...
-
-    def on_evaluate(self, trainer: "Trainer", step: int, metrics: dict) -> None: ...
-
-    def on_train_end(self, trainer: "Trainer", result: dict) -> None: ...
+    last_eval: Optional[dict] = None  # {"step": N, metric: value, ...} of the latest evaluation
+    wandb_run_id: Optional[str] = None  # a resumed run continues this W&B run
 
 
 class Trainer:
@@ -99,6 +96,12 @@ class Trainer:
             whose outputs are not Hugging Face's (keys: logits, logits_mask, losses, labels,
             inputs_mask, hidden, attention); ``teacher_adaptor`` may be a ``{role: adaptor}`` dict.
         callbacks: :class:`Callback` objects.
+        run_config: the whole run's config as plain data (the CLI passes ``ExperimentConfig.to_dict()``),
+            written to ``output_dir/config.yaml`` and sent to every tracker; default: the two configs given.
+        optimizer, lr_scheduler: default: AdamW and ``training.lr_scheduler``; else a ready one or a factory
+            (see :func:`~distill_toolkit.engine.optim.build_optimizer` and ``build_lr_scheduler``).
+        strategy: a ready :class:`~distill_toolkit.strategies.Strategy` instead of the one built from
+            ``distillation.strategy`` (for strategies holding objects, e.g. ``distill_toolkit.compat``).
     """
 
     def __init__(self, student: nn.Module, training: TrainingConfig, distillation: DistillationConfig,
@@ -107,11 +110,17 @@ class Trainer:
                  metric_fn: Optional[MetricFn] = None, tokenizer: Any = None,
                  student_adaptor: Optional[Adaptor] = None, teacher_adaptor: Optional[Adaptor] = None,
                  callbacks: Optional[list] = None, test_data: Union[Dataset, DataLoader, None] = None,
-                 label_names: Optional[list] = None, task: Optional[str] = None):
+                 label_names: Optional[list] = None, task: Optional[str] = None,
+                 run_config: Optional[dict] = None, optimizer: Any = None, lr_scheduler: Any = None,
+                 strategy: Optional[nn.Module] = None):
         training.validate()
-        self.strategy = strategy = build_strategy(distillation)  # checks the distillation config first
+        check_trackers(training)
+        self.strategy = strategy = build_strategy(distillation) if strategy is None else strategy  # checks it
+        self._given_optimizer, self._given_lr_scheduler = optimizer, lr_scheduler
         self.training, self.distillation = training, distillation
         self.accelerator = build_accelerator(training)
+        self.run_config = resolved_config(training, distillation, run_config)  # -> config.yaml, trackers
+        self.run_info = run_info(self.accelerator.num_processes)  # command, processes, package versions
         set_seed(training.seed)
         self.tokenizer = tokenizer
         self.label_names = label_names
@@ -193,11 +202,7 @@ class Trainer:
         self.module.to(device)
 
         t = self.training
-        groups = [{"params": [p for p in self.module.student.parameters() if p.requires_grad],
-                   "lr": t.learning_rate}]
-        groups += self.module.strategy.param_groups(t.projection_learning_rate or t.learning_rate)
-        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay, eps=t.adam_epsilon)
-
+        optimizer = build_optimizer(self.module, t, self._given_optimizer)
         batches_per_epoch = len(self.train_loader)
         steps_per_epoch = math.ceil(batches_per_epoch / acc.num_processes / t.gradient_accumulation_steps)
         self.total_steps = t.max_steps or max(1, math.ceil(t.num_epochs * steps_per_epoch))
@@ -211,39 +216,24 @@ class Trainer:
             self.eval_loader = acc.prepare(self.eval_loader)
         # Stepped once per optimiser step by the loop itself (not prepared), so the schedule
         # is the same whatever the number of processes.
-        self.lr_scheduler = get_scheduler(t.lr_scheduler, self.optimizer,
-                                          num_warmup_steps=int(t.warmup_ratio * self.total_steps),
-                                          num_training_steps=self.total_steps)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.total_steps, self._given_lr_scheduler)
         # Saved by engine/checkpoint.py as JSON; not registered with Accelerate, which would pickle it.
-        if t.trackers:
-            acc.init_trackers(t.project_name, config=_flat_config(t, self.distillation),
-                              init_kwargs={"wandb": {"name": t.run_name, "dir": t.output_dir,
-                                                     "mode": t.wandb_mode, "settings": {"silent": True}}})
 
     def train(self) -> dict:
         """Run training to the end; returns final metrics, the export folder and the loss history."""
         acc, t = self.accelerator, self.training
-        self.run_record = claim_output_dir(acc, t, self.distillation)  # the folder is this run's, or refused
-        self._setup()
-        resume = resolve_resume(acc, t.resume_from, t.output_dir, self.run_record)
-        if resume is not None:
-            self.state = TrainState(**load_checkpoint(acc, resume, model=self.module, optimizer=self.optimizer,
-                                                      scheduler=self.lr_scheduler))
-            acc.print(f"resumed from {resume} at step {self.state.global_step}")
+        self._begin()
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="distill",
                    disable=not (t.progress_bar and acc.is_local_main_process), dynamic_ncols=True)
         clip_params = [p for p in self.module.parameters() if p.requires_grad]
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        sums, counts = {}, {}  # the loss terms of the current window: their sums and counts, per name
         # Strategies whose loss is a sum over items (tokens; loss_items is not None) are normalised by the
         # items of the whole accumulation window on all ranks, so uneven micro-batches equal one big batch.
         deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         window_items = 0
         start = time.perf_counter()
-
         while self.state.global_step < self.total_steps and not self.should_stop:
-            epoch = self.state.epoch
-            self.train_loader.set_epoch(epoch)
+            self.train_loader.set_epoch(self.state.epoch)
             loader = self.train_loader
             if self.state.batches_in_epoch:
                 loader = acc.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
@@ -258,13 +248,14 @@ class Trainer:
                     self._check_finite(loss, terms)
                     items = self.strategy.loss_items(batch)
                     per_item = items is not None
-                    # DeepSpeed steps inside backward: there the loss is scaled before it (see _deepspeed_scale)
-                    acc.backward(loss * self._deepspeed_scale(items) if per_item and deepspeed else loss)
+                    # DeepSpeed steps inside backward: the loss is scaled before it (engine/normalise.py)
+                    acc.backward(loss * deepspeed_scale(acc, items, self.distillation.strategy)
+                                 if per_item and deepspeed else loss)
                     if per_item:
                         window_items += items
                         loss = loss.detach() / max(items, 1)  # logged as a per-item mean
                     if acc.sync_gradients and per_item and not deepspeed:
-                        self._normalise_gradients(window_items)
+                        normalise_gradients(acc, self.module, window_items)
                         window_items = 0
                     if acc.sync_gradients and t.max_grad_norm:
                         acc.clip_grad_norm_(clip_params, t.max_grad_norm)
@@ -276,25 +267,7 @@ class Trainer:
                     counts[name] = counts.get(name, 0) + 1
                 if not acc.sync_gradients:
                     continue
-                self.lr_scheduler.step()
-                self.state.global_step += 1
-                step = self.state.global_step
-                logs = {f"train/{k}": v / counts[k] for k, v in sums.items()}
-                if acc.num_processes > 1:  # the loss of the global batch, not rank 0's share
-                    logs["train/loss"] = acc.reduce(torch.tensor(logs["train/loss"], device=acc.device), "mean").item()
-                logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
-                sums, counts = {}, {}
-                self.state.history.append({"step": step, **logs})
-                if t.trackers and (step % t.log_every_steps == 0 or step == 1):
-                    acc.log(logs, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
-                for cb in self.callbacks:
-                    cb.on_step_end(self, step, logs)
-                if self.eval_loader is not None and t.eval_every_steps and step % t.eval_every_steps == 0:
-                    self._evaluate_and_track(step)
-                if t.save_every_steps and step % t.save_every_steps == 0:
-                    self.save_checkpoint()
+                step = self._end_step(sums, counts, bar)
                 if step >= self.total_steps or self.should_stop:
                     break
             else:  # the epoch ran out
@@ -304,26 +277,88 @@ class Trainer:
                         and self.state.epoch % t.eval_every_epochs == 0 and not t.eval_every_steps):
                     self._evaluate_and_track(self.state.global_step)
         bar.close()
-        elapsed = time.perf_counter() - start
+        return self._finish(time.perf_counter() - start)
+
+    def _end_step(self, sums: dict, counts: dict, bar) -> int:
+        """After an optimiser step: LR schedule, logs (history, trackers, bar, callbacks), evaluation and
+        checkpoint when due. ``sums``/``counts`` (the window's loss terms) are emptied. Returns the step."""
+        acc, t = self.accelerator, self.training
+        self.lr_scheduler.step()
+        self.state.global_step += 1
+        step = self.state.global_step
+        logs = {f"train/{k}": v / counts[k] for k, v in sums.items()}
+        if acc.num_processes > 1:  # the loss of the global batch, not rank 0's share
+            logs["train/loss"] = acc.reduce(torch.tensor(logs["train/loss"], device=acc.device), "mean").item()
+        logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
+        sums.clear()
+        counts.clear()
+        self.state.history.append({"step": step, **logs})
+        if step % t.log_every_steps == 0 or step == 1:
+            self._log(logs, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+        for cb in self.callbacks:
+            cb.on_step_end(self, step, logs)
+        if self.eval_loader is not None and t.eval_every_steps and step % t.eval_every_steps == 0:
+            self._evaluate_and_track(step)
+        if t.save_every_steps and step % t.save_every_steps == 0:
+            self.save_checkpoint()
+        return step
+
+    def _begin(self) -> None:
+        """Claim the output folder, record the run (config.yaml), set up, resume, start the trackers."""
+        acc, t = self.accelerator, self.training
+        self.run_record = claim_output_dir(acc, t, self.distillation)  # the folder is this run's, or refused
+        if acc.is_main_process:
+            (Path(t.output_dir) / CONFIG_FILE).write_text(config_yaml(self.run_config, self.run_info))
+        self._setup()
+        resume = resolve_resume(acc, t.resume_from, t.output_dir, self.run_record)
+        if resume is not None:
+            self.state = TrainState(**load_checkpoint(acc, resume, model=self.module, optimizer=self.optimizer,
+                                                      scheduler=self.lr_scheduler))
+            acc.print(f"resumed from {resume} at step {self.state.global_step}")
+        self.state.wandb_run_id = start_trackers(acc, t, self.run_config, self.run_info["versions"],
+                                                 self.state.wandb_run_id)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+
+    def _finish(self, elapsed: float) -> dict:
+        """Evaluate the final weights (once), score the test data, export ``final/`` with its card, report."""
+        acc, t = self.accelerator, self.training
         metrics = {}
         if self.eval_loader is not None:  # the final weights are evaluated, and compete for best/, once
             metrics = self._last_eval[1] if self._last_eval[0] == self.state.global_step else \
                 self._evaluate_and_track(self.state.global_step)
-        export_dir = export_student(acc, self.module, Path(t.output_dir) / "final", self.tokenizer)
+        test = self.evaluate(self.test_data) if self.test_data is not None else None
+        export_dir = export_student(acc, self.module, Path(t.output_dir) / "final", self.tokenizer,
+                                    self._export_files({"eval": metrics, "test": test}, self.state.global_step))
         result = {"global_step": self.state.global_step, "eval": metrics, "export_dir": str(export_dir),
                   "best_metric": self.state.best_metric, "best_step": self.state.best_step,
                   "train_seconds": elapsed, "history": self.state.history}
-        if self.test_data is not None:
-            result["test"] = self.evaluate(self.test_data)
+        if test is not None:
+            result["test"] = test
         self.module.eval()  # training is over: whoever uses the model next gets it without dropout
         if acc.is_main_process:
             (Path(t.output_dir) / "result.json").write_text(json.dumps(
                 {k: v for k, v in result.items() if k != "history"}, indent=2))
         for cb in self.callbacks:
             cb.on_train_end(self, result)
-        for tracker in acc.trackers:  # not acc.end_training(): it destroys the process group, and
-            tracker.finish()           # evaluate()/export may still gather across ranks after train()
+        finish_trackers(acc)
         return result
+
+    def _log(self, logs: dict, step: int) -> None:
+        """Send ``logs`` to the trackers and the callbacks' ``on_log``."""
+        if self.training.trackers:
+            self.accelerator.log(logs, step=step)
+        for cb in self.callbacks:
+            cb.on_log(self, step, logs)
+
+    def _export_files(self, metrics: dict, step: int) -> dict:
+        """The files every export carries beside the student: its model card and the run's config.yaml."""
+        student = self.accelerator.unwrap_model(self.module).student
+        card = model_card(self.run_config, self.run_info, {k: v for k, v in metrics.items() if v}, step=step,
+                          tokenizer=self.tokenizer is not None, **card_classes(student))
+        return {"README.md": card, CONFIG_FILE: config_yaml(self.run_config, self.run_info)}
 
     # ------------------------------------------------------------------------------------
     def _prepare_batch(self, batch: dict, key) -> dict:
@@ -331,40 +366,6 @@ class Trainer:
         model runs. ``key`` names the micro-batch alike on every rank (None for the probe)."""
         student = self.accelerator.unwrap_model(self.module).student
         return self.strategy.prepare_batch(batch, student, {role: r.model for role, r in self.teachers.items()}, key)
-
-    def _deepspeed_scale(self, items: int) -> float:
-        """Under DeepSpeed, the factor that makes a summed loss the mean over the tokens of all ranks.
-
-        DeepSpeed's engine averages gradients over ranks and steps inside ``backward``, so the
-        gradients cannot be rescaled afterwards; with one micro-batch per step the global token
-        count is known before backward (all-reduced here), with several it is not.
-        """
-        acc = self.accelerator
-        if acc.gradient_accumulation_steps > 1:
-            raise NotImplementedError(
-                "training.gradient_accumulation_steps > 1: a per-token loss (strategy "
-                f"{self.distillation.strategy!r}) cannot be normalised over an accumulation window under DeepSpeed, "
-                "whose engine steps inside backward. Fix: set gradient_accumulation_steps: 1 with a larger "
-                "batch_size, or launch DDP (launch/ddp.yaml, with teacher_placement: fsdp to shard the teacher)")
-        total = torch.tensor(float(items), device=acc.device)
-        if acc.num_processes > 1:
-            total = acc.reduce(total, "sum")
-        return acc.num_processes / max(float(total), 1.0)
-
-    def _normalise_gradients(self, window_items: int) -> None:
-        """Turn summed-loss gradients into the mean over every item of the window on every rank.
-
-        Accelerate divided each micro-batch's loss by the accumulation steps and DDP averaged over
-        ranks, so the gradients are rescaled by ``steps * ranks / total items``.
-        """
-        acc = self.accelerator
-        total = torch.tensor(float(window_items), device=acc.device)
-        if acc.num_processes > 1:
-            total = acc.reduce(total, "sum")
-        factor = acc.gradient_accumulation_steps * acc.num_processes / max(float(total), 1.0)
-        for param in self.module.parameters():
-            if param.grad is not None:
-                param.grad.mul_(factor)
 
     def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
         bad = not bool(torch.isfinite(loss.detach()))
@@ -385,9 +386,9 @@ class Trainer:
         """Evaluate, log, call the callbacks, and export ``best/`` when the metric improved."""
         metrics = self.evaluate()
         self._last_eval = (step, metrics)
+        self.state.last_eval = {"step": step, **metrics}
         acc, t = self.accelerator, self.training
-        if t.trackers:
-            acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        self._log({f"eval/{k}": v for k, v in metrics.items()}, step)
         logger.info(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         for cb in self.callbacks:
             cb.on_evaluate(self, step, metrics)
@@ -403,15 +404,20 @@ class Trainer:
             if better:
                 self.state.best_metric, self.state.best_step = value, step
                 self.state.best_checkpoint = str(export_student(acc, self.module, Path(t.output_dir) / "best",
-                                                                self.tokenizer))
+                                                                self.tokenizer, self._export_files({"eval": metrics},
+                                                                                                   step)))
         return metrics
 
     def evaluate(self, loader: Union[Dataset, DataLoader, dict, None] = None) -> dict:
         """Metrics of the student on ``loader`` (default: the eval data), gathered across ranks.
 
-        ``loader`` may also be a ``Dataset`` (batched with the trainer's ``collate_fn``).
+        ``loader`` may also be a ``Dataset`` (batched with the trainer's ``collate_fn``), or for
+        multi-task models ``{task: Dataset}`` (each batch tagged with its task, as ``eval_data``).
         """
         loader = loader or self.eval_loader
+        if isinstance(loader, dict) and not all(isinstance(d, DataLoader) for d in loader.values()):
+            loader = {task: self.accelerator.prepare(task_loader) for task, task_loader in self._loader(
+                loader, self.training.eval_batch_size, shuffle=False, collate_fn=self.collate_fn).items()}
         if loader is not None and not isinstance(loader, (DataLoader, dict)):
             loader = self.accelerator.prepare(self._loader(loader, self.training.eval_batch_size, shuffle=False,
                                                            collate_fn=self.collate_fn))
@@ -442,11 +448,19 @@ class Trainer:
         model.train(was_training)
         return self.metric_fn(_concat_padded(preds), _concat_padded(labels))
 
-    def save_checkpoint(self):
-        return save_checkpoint(self.accelerator, self.training.output_dir, self.state.global_step,
-                               self.state.__dict__.copy(), self.training.save_total_limit, model=self.module,
-                               optimizer=self.optimizer, scheduler=self.lr_scheduler,
-                               run=getattr(self, "run_record", None))
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_N`` (see :mod:`distill_toolkit.engine.checkpoint`), with the student's
+        config and tokenizer files and the run's config.yaml, so :func:`~distill_toolkit.engine.export.
+        export_checkpoint` can export it; then call the callbacks' ``on_save``. Collective."""
+        acc = self.accelerator
+        extras = checkpoint_extras(acc, self.module, self.tokenizer, {CONFIG_FILE: config_yaml(self.run_config,
+                                                                                               self.run_info)})
+        path = save_checkpoint(acc, self.training.output_dir, self.state.global_step, self.state.__dict__.copy(),
+                               self.training.save_total_limit, model=self.module, optimizer=self.optimizer,
+                               scheduler=self.lr_scheduler, run=getattr(self, "run_record", None), extras=extras)
+        for cb in self.callbacks:
+            cb.on_save(self, self.state.global_step, path)
+        return path
 
 
 def _lengths(data) -> list[int]:
@@ -469,9 +483,3 @@ def _concat_padded(arrays: list) -> np.ndarray:
               for a in arrays]
     return np.concatenate(padded)
 
-
-def _flat_config(training: TrainingConfig, distillation: DistillationConfig) -> dict:
-    flat = {f"training.{k}": v for k, v in training.to_dict().items()}
-    flat.update({f"distillation.{k}": v for k, v in distillation.to_dict().items()})
-    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))
-            for k, v in flat.items()}

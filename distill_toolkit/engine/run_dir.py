@@ -30,9 +30,9 @@ RUN_FILE = "run.json"
 # reported); every other field of TrainingConfig and DistillationConfig defines the run.
 RESUMABLE_FIELDS = ("resume_from", "max_steps", "num_epochs", "save_every_steps", "eval_every_steps",
                     "eval_every_epochs", "log_every_steps", "progress_bar", "trackers", "project_name",
-                    "run_name", "wandb_mode", "save_total_limit", "overwrite", "output_dir")
+                    "run_name", "tags", "group", "wandb_mode", "save_total_limit", "overwrite", "output_dir")
 # What a run leaves in its output_dir; `overwrite` removes exactly these.
-RUN_OUTPUTS = ("checkpoints", "final", "best", "result.json", RUN_FILE)
+RUN_OUTPUTS = ("checkpoints", "final", "best", "result.json", "config.yaml", RUN_FILE)
 _STEP_DIR = re.compile(r"^step_\d+$")
 _FIX_OTHER = ("Fix: set `training.overwrite: true` (CLI: --overwrite) to replace it, or choose a new "
               "training.output_dir")

@@ -8,7 +8,7 @@ Logits losses live in :mod:`.logits`, intermediate-feature losses (TextBrewer's)
 :mod:`.features`; add your own with :func:`register_loss`.
 """
 
-from . import features, logits
+from . import features, logits, relations
 from .features import (
     attention_ce,
     attention_ce_mean,
@@ -35,6 +35,7 @@ from .logits import (
     sparse_from_dense,
     total_variation,
 )
+from .relations import minilm_attention, minilmv2_relation
 from .registry import LOSS_KINDS, UnknownLossError, available_losses, get, loss_kind, register_loss
 
 _BUILTIN_LOGITS = {
@@ -69,6 +70,9 @@ _BUILTIN_FEATURES = {
     "att_ce": attention_ce,
     "att_ce_mean": attention_ce_mean,
     "minilm_value_relation": minilm_value_relation,
+    # MiniLM / MiniLMv2 (relations.py)
+    "minilm_attention": minilm_attention,
+    "minilmv2_relation": minilmv2_relation,
 }
 
 
@@ -102,12 +106,15 @@ __all__ = [
     "logits",
     "loss_kind",
     "mask_from_labels",
+    "minilm_attention",
     "minilm_value_relation",
+    "minilmv2_relation",
     "mmd",
     "multilabel_kd",
     "pkd",
     "probability_shift",
     "register_loss",
+    "relations",
     "reverse_kl",
     "skew_kl",
     "sparse_from_dense",

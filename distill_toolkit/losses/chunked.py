@@ -15,6 +15,15 @@ Per-row temperatures (``flsw``/``cwsm`` schedules) are passed as an ``(N,)`` ten
 statistic over all rows is gathered a chunk at a time, without gradients, by
 :func:`chunked_row_map`. ``shift_labels`` applies TextBrewer's probability shift to each chunk's
 teacher logits.
+
+Chunk size: by default as many positions as fit a memory budget, ``chunk_bytes`` (default
+:data:`DEFAULT_CHUNK_BYTES`, 512 MiB) for the ``[chunk, vocab]`` temporaries of one chunk (about
+eight fp32 blocks are alive at a time: both models' logits, log-probabilities, probabilities and
+the gradient), so the chunk shrinks as the vocabulary grows (:func:`chunk_rows`); ``chunk_size``
+(a number of positions) overrides it.
+
+This is the reference route; :func:`~distill_toolkit.losses.fused.fused_lm_kd` computes the same
+sums and gradients in one pass, with no recomputation in backward, and is the causal-LM default.
 """
 
 from __future__ import annotations
@@ -28,6 +37,45 @@ from torch.utils.checkpoint import checkpoint
 
 from distill_toolkit.losses.logits import SparseTeacher, probability_shift
 from distill_toolkit.losses.registry import get
+
+
+#: default memory budget for the ``[chunk, vocab]`` temporaries of one chunk (bytes)
+DEFAULT_CHUNK_BYTES = 512 * 2**20
+#: ``[chunk, vocab]`` blocks assumed alive at a time when sizing a chunk by ``chunk_bytes``
+LIVE_BLOCKS = 8
+
+
+def chunk_rows(vocab: int, chunk_size: Optional[int] = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+               itemsize: int = 4) -> int:
+    """Positions per chunk: ``chunk_size`` when given, else as many as fit ``chunk_bytes``.
+
+    A chunk of ``c`` positions holds about :data:`LIVE_BLOCKS` ``[c, vocab]`` blocks of ``itemsize``
+    bytes (fp32: 4), so ``c = chunk_bytes // (LIVE_BLOCKS * itemsize * vocab)``, at least 1. E.g. the
+    default 512 MiB gives 341 positions for a 49,152-token vocabulary and 130 for 128,256.
+    """
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive number of positions or None (sized by chunk_bytes), "
+                             f"got {chunk_size!r}")
+        return chunk_size
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be a positive number of bytes, got {chunk_bytes!r}; e.g. "
+                         f"{DEFAULT_CHUNK_BYTES} (512 MiB)")
+    return max(1, chunk_bytes // (LIVE_BLOCKS * itemsize * max(int(vocab), 1)))
+
+
+def head_vocab(head: Callable[[Tensor], Tensor], hidden: Tensor) -> int:
+    """Number of classes ``head`` produces: its ``out_features`` or weight rows, else one probe row's logits."""
+    size = getattr(head, "out_features", None)
+    if isinstance(size, int):
+        return size
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return weight.shape[0]
+    if hidden.shape[0] == 0:
+        return 1
+    with torch.no_grad():
+        return head(hidden[:1]).shape[-1]
 
 
 def _num_rows(x: Union[Tensor, SparseTeacher]) -> int:
@@ -104,7 +152,8 @@ def _check_rows(hidden_S: Tensor, hidden_T, temperature, shift_labels: Optional[
 
 def chunked_row_map(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T: Union[Tensor, SparseTeacher],
                     head_T: Optional[Callable[[Tensor], Tensor]], fn: Callable[[Tensor, Any], Tensor], *,
-                    chunk_size: int = 1024, shift_labels: Optional[Tensor] = None) -> Tensor:
+                    chunk_size: Optional[int] = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                    shift_labels: Optional[Tensor] = None) -> Tensor:
     """``fn(logits_S, logits_T)``, one value per row, computed chunk by chunk without gradients: shape ``(N,)``.
 
     The per-row statistic of a temperature schedule over all ``N`` rows (e.g.
@@ -112,10 +161,11 @@ def chunked_row_map(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden
     time; arguments as :func:`chunked_lm_kd`.
     """
     _check_rows(hidden_S, hidden_T, 1.0, shift_labels, "chunked_row_map")
+    step = chunk_rows(head_vocab(head_S, hidden_S), chunk_size, chunk_bytes)
     out = []
     with torch.no_grad():
-        for start in range(0, hidden_S.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
+        for start in range(0, hidden_S.shape[0], step):
+            rows = slice(start, start + step)
             shift = None if shift_labels is None else shift_labels[rows]
             out.append(fn(*_chunk_logits(hidden_S[rows], head_S, _slice(hidden_T, rows), head_T, shift)))
     return torch.cat(out) if out else hidden_S.new_zeros(0, dtype=torch.float32)
@@ -123,7 +173,8 @@ def chunked_row_map(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden
 
 def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T: Union[Tensor, SparseTeacher],
                   head_T: Optional[Callable[[Tensor], Tensor]], *, loss: str = "forward_kl",
-                  temperature: Union[float, Tensor] = 1.0, chunk_size: int = 1024, labels: Optional[Tensor] = None,
+                  temperature: Union[float, Tensor] = 1.0, chunk_size: Optional[int] = None,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, labels: Optional[Tensor] = None,
                   shift_labels: Optional[Tensor] = None, **loss_kwargs) -> tuple[Tensor, Tensor]:
     """Sum over positions of ``loss(head_S(hidden_S), head_T(hidden_T))``, chunk by chunk.
 
@@ -137,6 +188,8 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
         temperature: a float, or one temperature per row ``(N,)`` (a ``flsw``/``cwsm`` schedule's,
             whose statistics :func:`chunked_row_map` gathers over all rows, so the value does not
             depend on ``chunk_size``).
+        chunk_size, chunk_bytes: positions per chunk, or (``chunk_size=None``) a memory budget for
+            one chunk's ``[chunk, vocab]`` temporaries (see :func:`chunk_rows`).
         labels: optional ``(N,)`` target ids; then the student's cross-entropy sum is returned too.
         shift_labels: optional ``(N,)`` true target ids: each row's teacher logits get the
             probability shift (top logit swapped with the label's; see
@@ -157,9 +210,10 @@ def chunked_lm_kd(hidden_S: Tensor, head_S: Callable[[Tensor], Tensor], hidden_T
               else logits_S.new_zeros(()))
         return torch.stack([value, ce])
 
+    step = chunk_rows(head_vocab(head_S, hidden_S), chunk_size, chunk_bytes)
     total = hidden_S.new_zeros(2, dtype=torch.float32)
-    for start in range(0, hidden_S.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
+    for start in range(0, hidden_S.shape[0], step):
+        rows = slice(start, start + step)
         args = (hidden_S[rows], _slice(hidden_T, rows), temperature[rows] if isinstance(temperature, Tensor)
                 else temperature, None if shift_labels is None else shift_labels[rows],
                 None if labels is None else labels[rows])

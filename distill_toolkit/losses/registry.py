@@ -4,8 +4,9 @@ Losses are looked up by name from configs (``loss: hidden_mse``), in the style o
 torchdistill. Each entry carries a *kind*:
 
 * ``"logits"`` - called as ``fn(logits_S, logits_T, temperature, *, mask=None, ...)``;
-* ``"feature"`` - called as ``fn(feature_S, feature_T, mask=None)`` on intermediate
-  features (hidden states, attention maps), TextBrewer's ``intermediate_matches`` losses.
+* ``"feature"`` - called as ``fn(feature_S, feature_T, mask=None, **match.loss_kwargs)`` on
+  intermediate features (hidden states, attention maps, per-head queries/keys/values),
+  TextBrewer's ``intermediate_matches`` losses and the MiniLM relations.
 
 Importing :mod:`distill_toolkit.losses` registers the built-in losses.
 """

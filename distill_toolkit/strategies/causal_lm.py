@@ -21,8 +21,11 @@ whole accumulation window on all ranks (:meth:`loss_items`), so micro-batches wi
 token counts give the same update as one big batch.
 
 Memory: the models are asked for no full-vocabulary logits (``logits_to_keep=1``, no ``labels``);
-the final hidden states are captured by a hook on the output head and the KD is computed
-``chunk_size`` positions at a time (:func:`~distill_toolkit.losses.chunked.chunked_lm_kd`).
+the final hidden states are captured by a hook on the base model and the KD is computed a chunk of
+positions at a time, the chunk sized by a memory budget (``chunk_bytes``), with the student head's
+logits, the divergence and their gradients fused in one pass
+(:func:`~distill_toolkit.losses.fused.fused_lm_kd`; ``fused: false`` for the checkpointed reference
+route, :func:`~distill_toolkit.losses.chunked.chunked_lm_kd`).
 
 Teacher sources: a teacher model (replicated, offloaded, FSDP- or ZeRO-3-sharded: a partitioned
 output head is gathered once per micro-batch), or a teacher cache (dense or top-k log-probabilities
@@ -40,7 +43,14 @@ resumed run decides as the uninterrupted one); each rank samples from its own pr
 - ``lmbda`` (0): fraction of micro-batches trained on the student's samples.
 - ``max_new_tokens`` (32): tokens sampled per prompt on those batches.
 - ``generation_temperature`` (1.0): sampling temperature; 0 decodes greedily.
-- ``chunk_size`` (1024): positions per chunk of the KD loss.
+- ``fused`` (true): compute the student head, the divergence and their gradients in one pass, a chunk
+  at a time (:func:`~distill_toolkit.losses.fused.fused_lm_kd`); ``false`` keeps the reference route
+  (:func:`~distill_toolkit.losses.chunked.chunked_lm_kd`, checkpointed: the heads run again in backward).
+  Losses without a closed form there, and student heads that are not a plain ``nn.Linear``, take the
+  reference route either way.
+- ``chunk_bytes`` (536870912, 512 MiB): memory budget for one chunk's ``[chunk, vocab]`` temporaries;
+  the positions per chunk follow from it and the vocabulary.
+- ``chunk_size`` (null): positions per chunk; overrides ``chunk_bytes`` when set.
 """
 
 from __future__ import annotations
@@ -57,13 +67,14 @@ from distill_toolkit.config.base import is_finite_number, is_int
 from distill_toolkit.data.lm import lm_batch, prompts_of
 from distill_toolkit.features import HEAD_INPUT, ModelView, max_positions, unwrap
 from distill_toolkit.losses import SparseTeacher
-from distill_toolkit.losses.chunked import materialised_head
+from distill_toolkit.losses.chunked import DEFAULT_CHUNK_BYTES, materialised_head
 from distill_toolkit.strategies.base import Strategy, StrategyError, register_strategy
 from distill_toolkit.strategies.generation import generate_completions
 from distill_toolkit.strategies.objective import KDObjective, select_rows
 from distill_toolkit.tasks import next_token_mask
 
-OPTIONS = {"lmbda": 0.0, "max_new_tokens": 32, "generation_temperature": 1.0, "chunk_size": 1024}
+OPTIONS = {"lmbda": 0.0, "max_new_tokens": 32, "generation_temperature": 1.0, "fused": True,
+           "chunk_bytes": DEFAULT_CHUNK_BYTES, "chunk_size": None}
 CROSS_TOKENIZER = ("Fix: use a student that shares the teacher's tokenizer (e.g. built from the teacher's layers, "
                    "student_from_teacher). Token-level KD compares distributions over the same classes; the "
                    "cross-tokenizer route (DualTokenizerCollator, distill_toolkit/data/dual.py, see "
@@ -109,7 +120,7 @@ class CausalLMDistillation(Strategy):
         self.lmbda = options["lmbda"]
         self.max_new_tokens = options["max_new_tokens"]
         self.generation_temperature = options["generation_temperature"]
-        self.chunk_size = options["chunk_size"]
+        self.chunk_size, self.chunk_bytes, self.fused = options["chunk_size"], options["chunk_bytes"], options["fused"]
         self.on_policy = False  # whether the current micro-batch holds the student's samples
 
     @property
@@ -135,9 +146,15 @@ class CausalLMDistillation(Strategy):
             raise ConfigError(f"{where}.generation_temperature",
                               f"must be a number >= 0, got {out['generation_temperature']!r}",
                               "set e.g. `generation_temperature: 1.0` (0 decodes greedily)")
-        if not (is_int(out["chunk_size"]) and out["chunk_size"] > 0):
-            raise ConfigError(f"{where}.chunk_size", f"must be a positive integer, got {out['chunk_size']!r}",
-                              "set e.g. `chunk_size: 1024`")
+        if not (out["chunk_size"] is None or (is_int(out["chunk_size"]) and out["chunk_size"] > 0)):
+            raise ConfigError(f"{where}.chunk_size", f"must be a positive integer or null, got {out['chunk_size']!r}",
+                              "set e.g. `chunk_size: 256`, or remove it to size chunks by chunk_bytes")
+        if not (is_int(out["chunk_bytes"]) and out["chunk_bytes"] > 0):
+            raise ConfigError(f"{where}.chunk_bytes", f"must be a positive number of bytes, got {out['chunk_bytes']!r}",
+                              f"set e.g. `chunk_bytes: {DEFAULT_CHUNK_BYTES}` (512 MiB)")
+        if not isinstance(out["fused"], bool):
+            raise ConfigError(f"{where}.fused", f"must be true or false, got {out['fused']!r}",
+                              "set `fused: false` for the reference (checkpointed) KD route")
         return out
 
     def feature_keys(self) -> dict[str, list[str]]:
@@ -219,7 +236,8 @@ class CausalLMDistillation(Strategy):
         hidden_S = student.features[HEAD_INPUT][:, :-1][mask]
         head_S = unwrap(student.model).get_output_embeddings()
         # the student's own samples are no ground truth: no hard-label term, no probability shift on them
-        token_kd = dict(ground_truth=not self.on_policy, chunk_size=self.chunk_size)
+        token_kd = dict(ground_truth=not self.on_policy, chunk_size=self.chunk_size, chunk_bytes=self.chunk_bytes,
+                        fused=self.fused, progress=progress)
         if HEAD_INPUT in teacher.features:  # a teacher model: its head runs on its final hidden states
             hidden_T = teacher.features[HEAD_INPUT][:, :-1][mask]
             with materialised_head(unwrap(teacher.model).get_output_embeddings()) as head_T:

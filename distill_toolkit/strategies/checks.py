@@ -9,6 +9,8 @@ registries are in reach, before any model is touched. Every error is a
 
 from __future__ import annotations
 
+import inspect
+
 from distill_toolkit import losses
 from distill_toolkit.config import ConfigError, DistillationConfig
 from distill_toolkit.config.base import check
@@ -26,6 +28,19 @@ def _check_loss(name, kind: str, field: str) -> None:
           f"use one of {known}")
 
 
+def _check_loss_kwargs(name: str, kwargs: dict, field: str) -> None:
+    """The loss ``name`` accepts the keywords ``kwargs`` (e.g. ``relation_heads`` for ``minilmv2_relation``)."""
+    if not kwargs:
+        return
+    try:
+        inspect.signature(losses.get(name)).bind(None, None, mask=None, **kwargs)
+    except TypeError as err:
+        raise ConfigError(field, f"loss {name!r} does not take {sorted(kwargs)} ({err})",
+                          f"use the keywords of {name}{inspect.signature(losses.get(name))}, or remove them") from None
+    except ValueError:  # a callable without a readable signature: its call will say
+        return
+
+
 def _check_schedule(value, field: str) -> None:
     check(value in WEIGHT_SCHEDULES, field, f"unknown schedule {value!r}", f"use one of {', '.join(WEIGHT_SCHEDULES)}")
 
@@ -34,6 +49,7 @@ def _check_matches(distillation: DistillationConfig, where: str) -> None:
     for i, match in enumerate(distillation.matches):
         at = f"{where}.matches[{i}]"
         _check_loss(match.loss, "feature", f"{at}.loss")
+        _check_loss_kwargs(match.loss, match.loss_kwargs, f"{at}.loss_kwargs")
         _check_schedule(match.weight_schedule, f"{at}.weight_schedule")
         if match.projection is not None:
             check(match.projection_kind in PROJECTIONS, f"{at}.projection",

@@ -38,8 +38,10 @@ from torch import nn
 
 from distill_toolkit import losses
 from distill_toolkit.config import PAIR_LOSSES, DistillationConfig, Match
+from distill_toolkit.config.distillation import HEAD_FEATURES
 from distill_toolkit.features import ModelView
-from distill_toolkit.losses.chunked import chunked_lm_kd, chunked_row_map
+from distill_toolkit.losses.chunked import DEFAULT_CHUNK_BYTES, chunked_lm_kd, chunked_row_map
+from distill_toolkit.losses.fused import fused_lm_kd, fused_supported
 from distill_toolkit.projections import build_projection
 from distill_toolkit.schedulers import (
     CentredTemperature,
@@ -183,6 +185,9 @@ class KDObjective(nn.Module):
         feats_S = [student.features[k] for k in match_feature_keys(match, "student")]
         feats_T = [teacher.features[k] for k in match_feature_keys(match, "teacher")]
         dim_S, dim_T = feats_S[0].shape[-1], feats_T[0].shape[-1]
+        if match.feature in HEAD_FEATURES:  # per-head q/k/v: compared through relations, any width; never projected
+            self._probe_loss(i, match, feats_S[0], feats_T[0], student.inputs_mask)
+            return nn.Identity()
         if match.feature == "attention":
             if match.projection is not None:
                 raise StrategyError(f"{where}.projection: attention maps are not projected. Fix: remove it")
@@ -191,6 +196,7 @@ class KDObjective(nn.Module):
                     f"{where}: attention shapes differ (student {tuple(feats_S[0].shape)}, teacher "
                     f"{tuple(feats_T[0].shape)}). Fix: use loss attention_mse_sum or attention_ce_mean, which "
                     "compare head-averaged maps, or match models with the same number of heads")
+            self._probe_loss(i, match, feats_S[0], feats_T[0], student.inputs_mask)
             return nn.Identity()
         if feats_S[0].shape[:-1] != feats_T[0].shape[:-1] and match.loss not in ("pkd",):
             raise StrategyError(f"{where}: feature shapes differ beyond the width: student {tuple(feats_S[0].shape)} "
@@ -206,6 +212,15 @@ class KDObjective(nn.Module):
                                 f"features are {dim_S} -> {dim_T}. Fix: write `projection: {match.projection_kind}` "
                                 "and let the sizes be read from the models")
         return build_projection(match.projection_kind, dim_S, dim_T).to(device=feats_S[0].device)
+
+    def _probe_loss(self, i: int, match: Match, feat_S, feat_T, mask) -> None:
+        """Run an unprojected match's loss once on the probe features, so a shape it cannot compare (e.g.
+        head counts) fails at setup, naming the match, rather than at the first step."""
+        try:
+            with torch.no_grad():
+                self.match_losses[i](feat_S, feat_T, mask=mask, **match.loss_kwargs)
+        except (ValueError, RuntimeError, TypeError) as err:
+            raise StrategyError(f"distillation.matches[{i}] ({match.loss} on {match.feature}): {err}") from None
 
     # ---- the terms ------------------------------------------------------------------------------
     def kd_term(self, student: ModelView, teacher: ModelView) -> torch.Tensor:
@@ -229,31 +244,43 @@ class KDObjective(nn.Module):
         return student.loss.mean()
 
     def token_kd(self, hidden_S: torch.Tensor, head_S, hidden_T, head_T, targets: torch.Tensor, *,
-                 ground_truth: bool = True, chunk_size: int = 1024) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """KD and hard-label *sums* over next-token rows, chunk by chunk (see :func:`chunked_lm_kd`).
+                 ground_truth: bool = True, chunk_size: Optional[int] = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 fused: bool = True, progress: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """KD and hard-label *sums* over next-token rows, chunk by chunk. Returns ``(kd_sum, ce_sum or None)``.
 
         ``targets`` (N,) are the rows' next tokens. With ``ground_truth=False`` (the student's own
         samples) there is no hard-label term and no probability shift. The temperature schedule's
-        statistics cover all N rows, whatever ``chunk_size``. Returns ``(kd_sum, ce_sum or None)``.
+        statistics cover all N rows, whatever the chunk size (``chunk_size`` positions, else sized by
+        ``chunk_bytes``). ``fused`` (default): head, divergence and gradients in one pass
+        (:func:`~distill_toolkit.losses.fused.fused_lm_kd`) when the loss and the student head allow it,
+        else the checkpointed reference route (:func:`~distill_toolkit.losses.chunked.chunked_lm_kd`).
+        With ``progress`` the fused route stores one gradient for the weighted sum that :meth:`total`
+        forms at that progress, so the two sums must be combined by :meth:`total` at the same ``progress``.
         """
         cfg = self.config
         hard = ground_truth and cfg.hard_label_weight > 0
         shift = targets if ground_truth and cfg.probability_shift else None
-        temperature = self._row_temperatures(hidden_S, head_S, hidden_T, head_T, shift, chunk_size)
-        kd, ce = chunked_lm_kd(hidden_S, head_S, hidden_T, head_T, loss=cfg.kd_loss, temperature=temperature,
-                               chunk_size=chunk_size, labels=targets if hard else None, shift_labels=shift,
-                               **cfg.kd_loss_kwargs)
+        chunks = dict(chunk_size=chunk_size, chunk_bytes=chunk_bytes)
+        temperature = self._row_temperatures(hidden_S, head_S, hidden_T, head_T, shift, chunks)
+        kwargs = dict(loss=cfg.kd_loss, temperature=temperature, labels=targets if hard else None, shift_labels=shift,
+                      **chunks, **cfg.kd_loss_kwargs)
+        if fused and fused_supported(cfg.kd_loss, head_S):
+            weights = None if progress is None else (
+                scheduled_weight(cfg.kd_loss_weight_schedule, cfg.kd_loss_weight, progress),
+                scheduled_weight(cfg.hard_label_weight_schedule, cfg.hard_label_weight, progress) if hard else 0.0)
+            kd, ce = fused_lm_kd(hidden_S, head_S, hidden_T, head_T, weights=weights, **kwargs)
+        else:
+            kd, ce = chunked_lm_kd(hidden_S, head_S, hidden_T, head_T, **kwargs)
         return kd, (ce if hard else None)
 
-    def _row_temperatures(self, hidden_S, head_S, hidden_T, head_T, shift, chunk_size: int):
+    def _row_temperatures(self, hidden_S, head_S, hidden_T, head_T, shift, chunks: dict):
         schedule, base = self.temperature_scheduler, self.config.temperature
         if schedule is constant_temperature:
             return base
         if not isinstance(schedule, CentredTemperature):
             raise StrategyError(f"distillation.temperature_scheduler: {schedule!r} cannot be computed a chunk of "
                                 "tokens at a time. Fix: use `constant`, [flsw, beta, gamma] or [cwsm, beta]")
-        weights = chunked_row_map(hidden_S, head_S, hidden_T, head_T, schedule.weights, chunk_size=chunk_size,
-                                  shift_labels=shift)
+        weights = chunked_row_map(hidden_S, head_S, hidden_T, head_T, schedule.weights, shift_labels=shift, **chunks)
         return schedule.from_weights(weights, base)
 
     def match_terms(self, student: ModelView, teachers: dict[str, ModelView]) -> list[MatchTerm]:
@@ -266,9 +293,9 @@ class KDObjective(nn.Module):
             feats_S = [proj(student.features[k]) for k in match_feature_keys(match, "student")]
             feats_T = [teachers[role].features[k] for k in match_feature_keys(match, "teacher")]
             if match.loss in PAIR_LOSSES:
-                value = self.match_losses[i](feats_S, feats_T, mask=student.inputs_mask)
+                value = self.match_losses[i](feats_S, feats_T, mask=student.inputs_mask, **match.loss_kwargs)
             else:
-                value = self.match_losses[i](feats_S[0], feats_T[0], mask=student.inputs_mask)
+                value = self.match_losses[i](feats_S[0], feats_T[0], mask=student.inputs_mask, **match.loss_kwargs)
             out.append((match.name() if len(self.roles) == 1 else f"{role}/{match.name()}", match, value))
         return out
 

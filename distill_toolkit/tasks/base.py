@@ -84,19 +84,24 @@ class Task:
         return getattr(transformers, self.auto_class)
 
     def load_model(self, path: str, *, labels: Optional[Sequence[str]] = None, attn_implementation=None,
-                   config_overrides: Optional[dict] = None, where: str = "model"):
-        """A trained model (or a base model with a new head) sized for ``labels``; see
+                   config_overrides: Optional[dict] = None, where: str = "model", revision: Optional[str] = None,
+                   dtype: Optional[str] = None, trust_remote_code: bool = False):
+        """A trained model (or a base model with a new head) sized for ``labels``, from a folder or a Hub
+        ID (``revision``, ``dtype``, ``trust_remote_code``); see
         :func:`distill_toolkit.models.load_pretrained` for the checks."""
         return load_pretrained(self.model_class(), path, labels=labels, attn_implementation=attn_implementation,
                                config_overrides=self.config_overrides(config_overrides), where=where,
-                               check_config=lambda config: self.check_checkpoint(config, where))
+                               check_config=lambda config: self.check_checkpoint(config, where), revision=revision,
+                               dtype=dtype, trust_remote_code=trust_remote_code)
 
     def build_model(self, path: str, *, labels: Optional[Sequence[str]] = None, attn_implementation=None,
-                    config_overrides: Optional[dict] = None, where: str = "student"):
+                    config_overrides: Optional[dict] = None, where: str = "student", revision: Optional[str] = None,
+                    dtype: Optional[str] = None, trust_remote_code: bool = False):
         """A randomly initialised model shaped like ``path`` (changed by ``config_overrides``)."""
         return build_from_config(self.model_class(), path, labels=labels,
                                  config_overrides=self.config_overrides(config_overrides),
-                                 attn_implementation=attn_implementation, where=where)
+                                 attn_implementation=attn_implementation, where=where, revision=revision,
+                                 dtype=dtype, trust_remote_code=trust_remote_code)
 
     def config_overrides(self, overrides: Optional[dict]) -> dict:
         """Config fields the task itself sets (e.g. ``problem_type``), under the user's overrides."""

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from distill_toolkit.config import ConfigError, DataSpec
 from distill_toolkit.data.loading import DataError
+from distill_toolkit.models import LabelsFromValues
 from distill_toolkit.tasks.base import Task
 
 
@@ -17,8 +18,10 @@ class LabeledTask(Task):
     # ---- labels of the data --------------------------------------------------------------
     def label_names(self, splits, spec: DataSpec) -> list[str]:
         """Label names in id order: ``data.label_names``, a ``ClassLabel`` feature's names (the two must
-        agree), else the values found (sorted names, or ``LABEL_i`` for ids ``0..max``)."""
+        agree), else the values found (sorted names, which a model's saved order may reorder, or
+        ``LABEL_i`` for ids ``0..max``, which a model's saved names may name)."""
         column = spec.label_column
+        require_columns(splits, [column], "set data.label_column to the data's label column")
         feature = _inner_feature(splits["train"].features.get(column))
         names = list(getattr(feature, "names", None) or [])
         if spec.label_names and names and [str(n) for n in spec.label_names] != names:
@@ -28,7 +31,7 @@ class LabeledTask(Task):
             return [str(n) for n in (spec.label_names or names)]
         values = sorted({v for part in splits.values() for v in _flat(part[column])}, key=_sort_key)
         if values and all(isinstance(v, str) for v in values):
-            return [str(v) for v in values]
+            return LabelsFromValues(str(v) for v in values)
         bad = [v for v in values if not (isinstance(v, int) and not isinstance(v, bool)) or v < 0]
         if bad:
             raise DataError(f"data.label_column {column!r}: labels must be class ids >= 0 or names, found "
@@ -66,8 +69,14 @@ def labels_to_ids(splits, column: str, names: Sequence[str]):
     first = _flat(splits["train"][column][:1])
     if not first or not isinstance(first[0], str):
         return splits
-    return splits.map(_to_ids, fn_kwargs={"column": column, "index": {n: i for i, n in enumerate(names)}},
-                      desc="Label ids")
+    # Written to a new column, then renamed: a map that returns a column under its own name keeps its
+    # feature type where it can (a CSV's `large_string` labels would stay strings: '0', '1', ...).
+    ids = splits.map(_to_ids, fn_kwargs={"column": column, "index": {n: i for i, n in enumerate(names)}},
+                     remove_columns=[column], desc="Label ids")
+    return ids.rename_column(_IDS, column)
+
+
+_IDS = "__distill_toolkit_label_ids__"
 
 
 def _to_ids(example: dict, column: str, index: dict) -> dict:
@@ -79,7 +88,7 @@ def _to_ids(example: dict, column: str, index: dict) -> dict:
                             f"{list(index)}. Fix: correct the label, or add it to data.label_names")
         return index[value]
 
-    return {column: convert(example[column])}
+    return {_IDS: convert(example[column])}
 
 
 def require_columns(splits, columns: Sequence[str], fix: str) -> None:

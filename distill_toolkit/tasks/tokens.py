@@ -1,14 +1,24 @@
 """Token-level tasks: token classification (NER, BIO tags; entity F1), extractive question
-answering (start/end spans; exact span match) and masked language modelling (token accuracy)."""
+answering (start/end spans; exact span match) and masked language modelling (token accuracy).
+
+QA data is encoded by :func:`~distill_toolkit.data.qa.tokenize_question_answering` (question +
+context, answer spans on tokens via the offset mapping); masked-LM data is tokenized once and masked
+per batch by :class:`~distill_toolkit.data.mlm.MaskedLMCollator` (a seeded, content-derived mask, so
+teacher, student, every epoch and a resumed run see the same masks).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
+from distill_toolkit.batch import LABEL_PAD_ID
 from distill_toolkit.config import DataSpec
-from distill_toolkit.data import tokenize_token_classification
+from distill_toolkit.data import PaddingCollator, tokenize_token_classification
+from distill_toolkit.data.mlm import MaskedLMCollator, tokenize_texts
+from distill_toolkit.data.qa import tokenize_question_answering
 from distill_toolkit.features import ModelView
 from distill_toolkit.metrics import accuracy, entity_f1
 from distill_toolkit.tasks.base import Task, _base_view, _get, _logits, register_task, token_mask
@@ -81,12 +91,50 @@ class QuestionAnswering(Task):
         return {"exact_match": float(hit.all(axis=-1).mean()), "start_accuracy": float(hit[:, 0].mean()),
                 "end_accuracy": float(hit[:, 1].mean())}
 
+    def label_names(self, splits, spec: DataSpec) -> None:
+        """No label head: the targets are token positions."""
+        return None
+
+    def encode(self, splits, tokenizer, spec: DataSpec, labels=None):
+        """Question/context pairs (only the context truncated to ``data.max_length``) with
+        ``start_positions`` / ``end_positions`` on the answer's tokens (0, ``[CLS]``, if truncated away)."""
+        return tokenize_question_answering(splits, tokenizer, max_length=spec.max_length,
+                                           question_column=spec.question_column, context_column=spec.context_column,
+                                           answer_column=spec.answer_column,
+                                           answer_start_column=spec.answer_start_column)
+
+    def collator(self, tokenizer, spec: DataSpec):
+        """Pads on the right whatever the tokenizer's side, so the answer positions stay valid."""
+        collate = PaddingCollator(tokenizer)
+        collate.padding_side = "right"
+        return collate
+
 
 @register_task("masked_lm")
 class MaskedLM(Task):
-    """Masked language modelling: KD and accuracy on the masked (labelled) positions."""
+    """Masked language modelling: KD and accuracy on the masked (labelled) positions.
+
+    Data: texts in ``text_column`` (``data.name: text`` or ``files``), tokenized once; the collator
+    masks ``data.mlm_probability`` of each example's non-special tokens (80% ``[MASK]``, 10% random,
+    10% kept), drawn from ``data.seed`` and the example's tokens (see :mod:`distill_toolkit.data.mlm`).
+    """
 
     auto_class = "AutoModelForMaskedLM"
 
     def read_outputs(self, outputs: Any, inputs: dict) -> ModelView:
         return read_token_outputs(outputs, inputs)
+
+    def metric(self, predictions, labels, label_names: Optional[Sequence[str]] = None) -> dict:
+        """Accuracy on the masked positions, and how many there were."""
+        return {**accuracy(predictions, labels), "masked_tokens": int((np.asarray(labels) != LABEL_PAD_ID).sum())}
+
+    def label_names(self, splits, spec: DataSpec) -> None:
+        """No label head: the targets are the vocabulary."""
+        return None
+
+    def encode(self, splits, tokenizer, spec: DataSpec, labels=None):
+        """``text_column`` tokenized and truncated to ``data.max_length``; masking happens per batch."""
+        return tokenize_texts(splits, tokenizer, max_length=spec.max_length, text_column=spec.text_column)
+
+    def collator(self, tokenizer, spec: DataSpec):
+        return MaskedLMCollator(tokenizer, mlm_probability=spec.mlm_probability, seed=spec.seed)

@@ -46,6 +46,8 @@ def _seq_layout(name: str, tensor: torch.Tensor, length: Optional[int], task: st
         return none
     if name.startswith("feature.attention:"):
         return {"dims": [1, 2], "shift": False} if tensor.dim() == 4 and tensor.shape[2] == length else none
+    if name.startswith(("feature.query:", "feature.key:", "feature.value:")):  # (B, heads, L, head_dim)
+        return {"dims": [1], "shift": False} if tensor.dim() == 4 and tensor.shape[2] == length else none
     if name.startswith(_LOGITS) and task in _SEQUENCE_LEVEL_TASKS:
         return none
     if tensor.shape[1] == length:
