@@ -70,12 +70,13 @@ def models(out: Path, from_pretrained: bool):
     student, teacher = tiny_bert(2, 32, seed=2), tiny_bert(4, 48, seed=1)
     if not from_pretrained:
         return student, teacher
-    loaded = []
-    for name, model in (("student", student), ("teacher", teacher)):
-        path = out / "init" / f"{name}_rank{PartialState().process_index}"
-        model.save_pretrained(path)
-        loaded.append(AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager"))
-    return tuple(loaded)
+    state = PartialState()
+    if state.is_main_process:
+        student.save_pretrained(out / "init" / "student")
+        teacher.save_pretrained(out / "init" / "teacher")
+    state.wait_for_everyone()
+    return tuple(AutoModelForSequenceClassification.from_pretrained(out / "init" / name, attn_implementation="eager")
+                 for name in ("student", "teacher"))
 
 
 def build(out: Path, batch_size: int, save_steps: int, stop_at: int, deepspeed=None,
@@ -140,5 +141,16 @@ def run(argv: list[str]) -> dict:
     return report
 
 
+def _close_process_group() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits: a rank that
+    leaves first can otherwise abort the other's gloo threads ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     run(sys.argv[1:])
+    _close_process_group()
