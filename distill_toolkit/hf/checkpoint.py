@@ -1,9 +1,11 @@
 """What :class:`~distill_toolkit.hf.DistillationTrainer` writes into and reads from a folder.
 
-``save_model(dir)`` and every ``checkpoint-N/`` hold the student alone under its own parameter names
-(``save_pretrained``: plain ``from_pretrained`` loads it) and ``training_args.json``; a checkpoint also
-holds the strategy's parameters (projections) in :data:`STRATEGY_WEIGHTS_NAME`. Everything is
-safetensors or JSON; nothing written here is a pickle.
+``save_model(dir)`` writes the student alone with ``save_pretrained`` (plain ``from_pretrained`` loads
+it) and ``training_args.json``. A ``checkpoint-N/`` holds the student's weights under the names of its
+own ``state_dict`` (``save_pretrained`` may rename keys, e.g. for checkpoint-format conversions, which
+an exact resume must not depend on; ``from_pretrained`` still loads the folder), its config, and the
+strategy's parameters (projections) in :data:`STRATEGY_WEIGHTS_NAME`. Everything is safetensors or
+JSON; nothing written here is a pickle.
 """
 
 from __future__ import annotations
@@ -25,19 +27,34 @@ def prefixed(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
 
 
-def save_folder(student: nn.Module, state: dict, directory: str, *, with_strategy: bool, args=None,
+def unshared(state: dict) -> dict:
+    """``state`` without the second name of tensors sharing memory (tied weights), as safetensors needs."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
+def save_folder(student: nn.Module, state: dict, directory: str, *, checkpoint: bool, args=None,
                 processing_class=None) -> None:
-    """Write ``state`` (a ``student.* / strategy.*`` state dict) to ``directory``: the student with
-    ``save_pretrained`` (or one safetensors file), the strategy's part when ``with_strategy``, the
-    processing class, and the ``TrainingArguments`` as JSON."""
+    """Write ``state`` (a ``student.* / strategy.*`` state dict) to ``directory``: for an export the
+    student with ``save_pretrained`` (or one safetensors file); for a checkpoint the student's weights
+    by their ``state_dict`` names, its config and the strategy's part; then the processing class and
+    the ``TrainingArguments`` as JSON."""
     os.makedirs(directory, exist_ok=True)
     student_state = prefixed(state, "student.")
-    if hasattr(student, "save_pretrained"):
-        student.save_pretrained(directory, state_dict=student_state, is_main_process=True)
+    if checkpoint or not hasattr(student, "save_pretrained"):
+        save_file(unshared(student_state), os.path.join(directory, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        if hasattr(getattr(student, "config", None), "save_pretrained"):
+            student.config.save_pretrained(directory)
     else:
-        save_file(student_state, os.path.join(directory, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        student.save_pretrained(directory, state_dict=student_state, is_main_process=True)
     strategy_state = prefixed(state, "strategy.")
-    if with_strategy and strategy_state:
+    if checkpoint and strategy_state:
         save_file(strategy_state, os.path.join(directory, STRATEGY_WEIGHTS_NAME))
     if processing_class is not None:
         processing_class.save_pretrained(directory)
@@ -47,8 +64,8 @@ def save_folder(student: nn.Module, state: dict, directory: str, *, with_strateg
 
 
 def load_student(student: nn.Module, checkpoint: str) -> None:
-    """Load the student's weights from ``checkpoint`` (one safetensors file or a sharded index); keys the
-    checkpoint lacks are accepted only when they share storage with loaded ones (tied weights)."""
+    """Load the student's weights from ``checkpoint`` (one safetensors file or a sharded index), by their
+    ``state_dict`` names; keys it lacks are accepted only when they share memory with loaded ones (tied)."""
     single, index = os.path.join(checkpoint, SAFE_WEIGHTS_NAME), os.path.join(checkpoint, SAFE_WEIGHTS_INDEX_NAME)
     if os.path.isfile(single):
         state = load_file(single)

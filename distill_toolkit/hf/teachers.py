@@ -32,9 +32,10 @@ def deepspeed_zero_stage(accelerator: Accelerator) -> int:
 def teacher_engine_config(student_config: dict, teacher: nn.Module) -> dict:
     """A DeepSpeed ZeRO-3 inference config for ``teacher``, from the student's config.
 
-    The optimizer, scheduler and ``train_batch_size`` entries are dropped; ``auto`` ZeRO bucket sizes are filled from the
-    teacher's ``config.hidden_size`` (as Transformers does for a model it prepares). A value still
-    ``auto`` elsewhere raises ``ValueError`` naming it: DeepSpeed would refuse it anyway, less clearly.
+    The optimizer, scheduler and ``train_batch_size`` entries are dropped; ``auto`` ZeRO bucket sizes are
+    filled from the teacher's ``config.hidden_size`` (as Transformers does for a model it prepares). A
+    value still ``auto`` elsewhere raises ``ValueError`` naming it: DeepSpeed would refuse it anyway,
+    less clearly.
     """
     config = copy.deepcopy(student_config)
     # No optimiser; the global batch is left to DeepSpeed (micro-batch x accumulation x ranks), since the

@@ -407,12 +407,13 @@ class DistillationTrainer(Trainer):
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
         """Write the student with ``save_pretrained`` (plain Transformers loads it), the processing class and
-        the arguments as JSON; inside a checkpoint also the strategy's parameters (``STRATEGY_WEIGHTS_NAME``)."""
+        the arguments as JSON; a checkpoint holds the student by its ``state_dict`` names and the strategy's
+        parameters (``STRATEGY_WEIGHTS_NAME``), see :mod:`distill_toolkit.hf.checkpoint`."""
         if not self.args.should_save:
             return
         module = self._module
         save_folder(module.student, module.state_dict() if state_dict is None else state_dict,
-                    output_dir if output_dir is not None else self.args.output_dir, with_strategy=self._in_checkpoint,
+                    output_dir if output_dir is not None else self.args.output_dir, checkpoint=self._in_checkpoint,
                     args=self.args, processing_class=self.processing_class)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
