@@ -275,7 +275,7 @@ class Slurm:
 def slurm(tmp_path_factory):
     missing = [b for b in SLURM_BINARIES if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"Slurm is not installed (missing on PATH: {', '.join(missing)}); install it with: {SLURM_APT}")
+        pytest.fail(f"Slurm is not installed (missing on PATH: {', '.join(missing)}); .ci/run installs it: {SLURM_APT}")
     cluster = Slurm(tmp_path_factory.mktemp("slurm"))
     try:
         socket.gethostbyname(cluster.host)

@@ -20,6 +20,8 @@ from typing import Any
 from accelerate import Accelerator
 from torch import nn
 
+from distill_toolkit.teachers.placement import hidden_size
+
 _ZERO_SIZES = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
 
 
@@ -44,7 +46,7 @@ def teacher_engine_config(student_config: dict, teacher: nn.Module) -> dict:
         config.pop(key, None)
     zero = config.setdefault("zero_optimization", {})
     zero["stage"] = 3
-    hidden = _hidden_size(teacher) or 1024  # bucket sizes tune speed and peak memory; any value works
+    hidden = hidden_size(teacher) or 1024  # bucket sizes tune speed and peak memory; any value works
     sizes = dict(zip(_ZERO_SIZES, (hidden * hidden, int(0.9 * hidden * hidden), 10 * hidden)))
     zero.update({k: v for k, v in sizes.items() if zero.get(k, "auto") == "auto"})
     left = sorted(_auto_keys(config))
@@ -81,14 +83,6 @@ def gathered(params: list):
     import deepspeed  # only a ZeRO-3 run gets here
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
-def _hidden_size(model: nn.Module):
-    config = getattr(model, "config", None)
-    size = getattr(config, "hidden_size", None)
-    if size is None and getattr(config, "hidden_sizes", None):
-        size = max(config.hidden_sizes)
-    return size
 
 
 def _auto_keys(config: dict, prefix: str = ""):

@@ -57,7 +57,8 @@ def build_teacher(accelerator: Accelerator, teacher: TeacherSource, placement: s
     return teacher()
 
 
-def _hidden_size(model: nn.Module):
+def hidden_size(model: nn.Module):
+    """``config.hidden_size`` (or the largest of ``hidden_sizes``), or None: sizes DeepSpeed's ``auto`` buckets."""
     config = getattr(model, "config", None)
     size = getattr(config, "hidden_size", None)
     if size is None and getattr(config, "hidden_sizes", None):
@@ -72,7 +73,7 @@ def fill_deepspeed_auto(plugin, model: nn.Module) -> None:
             "zero_optimization.stage3_param_persistence_threshold")
     if plugin is None or not any(plugin.is_auto(k) for k in keys):
         return
-    hidden = _hidden_size(model)
+    hidden = hidden_size(model)
     if hidden is None:
         raise ValueError(f"the DeepSpeed config has `auto` for {[k for k in keys if plugin.is_auto(k)]} and "
                          f"{type(model).__name__} has no config.hidden_size to derive them from. Fix: put integers "
@@ -145,7 +146,7 @@ def _zero3_engine(accelerator: Accelerator, model: nn.Module) -> nn.Module:
         raise ValueError("training.teacher_placement: zero3 needs the teacher's DeepSpeed plugin, which "
                          "build_accelerator creates for a DeepSpeed launch. Fix: launch with launch/zero2.yaml or "
                          "launch/zero3.yaml, or use teacher_placement: fsdp")
-    hidden = _hidden_size(model) or 1024  # these sizes tune speed and peak memory; any value works
+    hidden = hidden_size(model) or 1024  # these sizes tune speed and peak memory; any value works
     zero = plugin.deepspeed_config["zero_optimization"]
     sizes = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
              "stage3_param_persistence_threshold": 10 * hidden, "stage3_max_live_parameters": 24 * hidden * hidden}
