@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -112,3 +113,11 @@ def final_weights(run_dir) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(run_dir) / "final" / "model.safetensors"))
+
+
+def load_script(path: Path, name: str):
+    """A test script under tests/scripts/ imported as a module (its ``run(argv)`` is the in-process reference)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

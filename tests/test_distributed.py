@@ -9,7 +9,6 @@ process trained on the same global batch.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -25,10 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_toolkit.engine.accelerator import check_launch  # the launch checks live in the engine
 import yaml
+from helpers import load_script
 from safetensors.torch import load_file
 from test_cli import _write_config, workspace  # noqa: F401 (a fixture)
+
+from distill_toolkit.engine.accelerator import check_launch  # the launch checks live in the engine
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "scripts" / "dist_train.py"
@@ -154,10 +155,7 @@ def single_logits(export_dir: Path) -> torch.Tensor:
 
 
 def _worker():
-    spec = importlib.util.spec_from_file_location("dist_train", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(WORKER, "dist_train")
 
 
 # ---- shared runs (each launched once per test session) ----------------------------------

@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback, Tr
 
 from distill_toolkit import DistillationConfig, Match, Trainer, TrainingConfig
 from distill_toolkit.hf import STRATEGY_WEIGHTS_NAME, DistillationTrainer
-from helpers import ToyTask, collate, tiny_bert
+from helpers import ToyTask, collate, load_script, tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).parent / "scripts" / "hf_trainer_run.py"
@@ -299,12 +299,7 @@ def _reports(out: Path) -> list[dict]:
 
 
 def _script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("hf_trainer_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "hf_trainer_run")
 
 
 @pytest.fixture(scope="module")
