@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup setup-test demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,16 +15,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[test,plots]"
 	touch $@
 
+# The tests' own stamp: llama-cpp-python (the served teacher's server) is built from source, 10-30 minutes
+# on two cores, so `make demo` never pays for it. GGML_NATIVE=OFF: the native build segfaulted here.
+$(VENV)/.installed-served: $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -e ".[test,plots,served]"
+	touch $@
+
 setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-served
 
 demo: setup
 	$(PY) examples/quickstart.py
 
-test: setup
+test: setup-test
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests
 
-test-fast: setup
+test-fast: setup-test
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests -m "not slow and not distributed"
 

@@ -19,6 +19,14 @@ Same models and the same pre-built batches throughout, measured in one run:
                clipping, fixed order), timed between the ends of consecutive steps (``on_step_end``).
                Goal: e/b <= 1.10.
 
+  (f) toolkit, bf16 teacher  (b) with the teacher's weights in bf16 (``teacher.dtype: bf16``), the
+               student in fp32 without autocast;
+  (g) toolkit, bf16 teacher + bf16 autocast  (f) with ``mixed_precision: bf16`` for the student's
+               forward (fp32 weights and optimizer state).
+               Goal (issue 12): f or g <= 0.8 x c (TextBrewer's fp32 step), at no loss of student
+               accuracy on the quickstart (``examples/configs/distill_minilm_3l.yaml`` with
+               ``--set teacher.dtype=bf16``, see docs/benchmarks.md).
+
 Models: a MiniLM-L6-shaped BERT teacher (6 blocks, hidden 384, built from its config) and a
 3-block student of the same width. Gradient clipping is off in all three. Times are medians
 over ``rounds`` interleaved rounds of ``steps`` steps (after warm-up). The last line is JSON.
@@ -118,7 +126,8 @@ class StepTimer(Callback):
 
 
 def time_toolkit(teacher, student, batches, device: torch.device, bf16: bool = False, lr=1e-4) -> list[float]:
-    """(b) the toolkit's distillation step, timed between consecutive steps of its loop."""
+    """(b) the toolkit's distillation step, timed between consecutive steps of its loop (also (f) and (g):
+    ``teacher`` in bf16, and ``bf16`` autocast)."""
     timer = StepTimer(device)
     with tempfile.TemporaryDirectory() as out:
         training = TrainingConfig(output_dir=out, max_steps=len(batches), learning_rate=lr, max_grad_norm=None,
@@ -252,7 +261,9 @@ def measure(args) -> dict:
     teacher.to(args.device)
     batches = [{k: v.to(args.device) for k, v in b.items()}
                for b in build_batches(args.steps + args.warmup, args.batch_size, args.seq_len)]
-    results = {"parts": [], "toolkit": [], "textbrewer": [], "compat": [], "hf_trainer": []}
+    bf16_teacher = build_models()[0].to(device=args.device, dtype=torch.bfloat16)  # same seed: same weights
+    results = {"parts": [], "toolkit": [], "textbrewer": [], "compat": [], "hf_trainer": [],
+               "toolkit_bf16_teacher": [], "toolkit_bf16_teacher_autocast": []}
     for _ in range(args.rounds):
         # fresh copies each round so every method trains the same starting student
         results["parts"] += time_parts(teacher, build_models()[1], batches, args.device, args.bf16)[args.warmup:]
@@ -264,6 +275,11 @@ def measure(args) -> dict:
         results["compat"] += time_compat(teacher, build_models()[1], batches, args.device, args.bf16)[args.warmup - 1:]
         results["hf_trainer"] += time_hf_trainer(teacher, build_models()[1], batches, args.device,
                                                  args.bf16)[args.warmup - 1:]
+        if args.device.type == "cpu" and not args.bf16:
+            results["toolkit_bf16_teacher"] += time_toolkit(bf16_teacher, build_models()[1], batches,
+                                                            args.device)[args.warmup - 1:]
+            results["toolkit_bf16_teacher_autocast"] += time_toolkit(bf16_teacher, build_models()[1], batches,
+                                                                     args.device, bf16=True)[args.warmup - 1:]
     return results
 
 
@@ -283,6 +299,11 @@ def main(argv=None) -> None:
     figures["compat_vs_toolkit_ratio"] = median["compat"] / median["toolkit"]
     figures["hf_trainer_ms"] = 1000 * median["hf_trainer"]
     figures["hf_trainer_vs_toolkit_ratio"] = median["hf_trainer"] / median["toolkit"]
+    for name in ("toolkit_bf16_teacher", "toolkit_bf16_teacher_autocast"):
+        if name in median:
+            figures[f"{name}_ms"] = 1000 * median[name]
+            if "textbrewer" in median:
+                figures[f"{name}_vs_textbrewer_ratio"] = median[name] / median["textbrewer"]
     figures["device"] = args.device.type if args.device.type == "cpu" else torch.cuda.get_device_name(args.device)
     figures["precision"] = "bf16_autocast" if args.bf16 else "fp32"
     print_table(figures, args)
@@ -301,11 +322,18 @@ def print_table(figures: dict, args) -> None:
         print(f"{'(c) textbrewer GeneralDistiller step (same losses)':52} {figures['textbrewer_ms']:>9.1f}")
     print(f"{'(d) compat.textbrewer GeneralDistiller step (same)':52} {figures['compat_ms']:>9.1f}")
     print(f"{'(e) hf.DistillationTrainer step (transformers loop)':52} {figures['hf_trainer_ms']:>9.1f}")
+    if "toolkit_bf16_teacher_ms" in figures:
+        print(f"{'(f) distill_toolkit step, bf16 teacher':52} {figures['toolkit_bf16_teacher_ms']:>9.1f}")
+        print(f"{'(g) distill_toolkit step, bf16 teacher + bf16 autocast':52} "
+              f"{figures['toolkit_bf16_teacher_autocast_ms']:>9.1f}")
     print(f"overhead ratio b/a = {figures['overhead_ratio']:.3f} (goal <= 1.05)")
     print(f"compat / toolkit d/b = {figures['compat_vs_toolkit_ratio']:.3f} (goal <= 1.10)")
     print(f"hf_trainer / toolkit e/b = {figures['hf_trainer_vs_toolkit_ratio']:.3f} (goal <= 1.10)")
     if "toolkit_vs_textbrewer_ratio" in figures:
         print(f"toolkit / textbrewer = {figures['toolkit_vs_textbrewer_ratio']:.3f}")
+    if "toolkit_bf16_teacher_vs_textbrewer_ratio" in figures:
+        print(f"bf16 teacher / textbrewer fp32 f/c = {figures['toolkit_bf16_teacher_vs_textbrewer_ratio']:.3f}, "
+              f"g/c = {figures['toolkit_bf16_teacher_autocast_vs_textbrewer_ratio']:.3f} (goal <= 0.80)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ and any of these bookkeeping keys, which are never passed to a model:
 - ``teacher_cache``: precomputed teacher outputs, ``{role: payload}`` (no teacher forward);
 - ``task``: the task name of a multi-task batch (one task per batch; a string);
 - ``id``: example ids (teacher-cache lookup);
-- ``alignment``: cross-tokenizer maps from teacher to student positions.
+- ``alignment``: cross-tokenizer maps between teacher and student positions: ``{"weights", "keys"}``
+  matrices (:class:`~distill_toolkit.data.DualTokenizerCollator`, token and sentence tasks), or the
+  span ids of each token and the shared vocabulary (``student_spans``, ``teacher_spans``,
+  ``student_shared_ids``, ``teacher_shared_ids``; :class:`~distill_toolkit.data.CrossTokenizerLMCollator`,
+  causal LMs).
 
 ``labels`` are the targets; positions (token tasks) or examples that must not count carry
 :data:`LABEL_PAD_ID`, which ``torch.nn.CrossEntropyLoss`` and every loss of the toolkit ignore.

@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import Optional
 
 import torch.distributed as dist
+import transformers
 import yaml
 from accelerate.utils import set_seed
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 from distill_toolkit import tasks
-from distill_toolkit.config import ConfigError, ExperimentConfig, read_config_file
+from distill_toolkit.config import ConfigError, ExperimentConfig, ServedTeacherSpec, read_config_file
 from distill_toolkit.config.overrides import apply_overrides
-from distill_toolkit.data import load_splits, with_ids
+from distill_toolkit.console import configure_console
+from distill_toolkit.data import CrossTokenizerLMCollator, load_splits, with_ids
 from distill_toolkit.data.augment import encode_augmented
 from distill_toolkit.data.cache import TeacherCacheError, resolve_teacher_cache
 from distill_toolkit.engine import Trainer
@@ -39,10 +41,13 @@ from distill_toolkit.engine.accelerator import check_launch
 from distill_toolkit.engine.checkpoint import CheckpointError
 from distill_toolkit.engine.export import NonFiniteWeightsError, export_checkpoint
 from distill_toolkit.engine.trackers import check_trackers
+from distill_toolkit.losses import CROSS_TOKENIZER_LOSSES
+from distill_toolkit.lora import apply_lora
 from distill_toolkit.models import (agree_label_names, load_tokenizer, resolve_model_path, student_from_teacher,
                                     torch_dtype)
 from distill_toolkit.strategies import check_distillation
 from distill_toolkit.teachers import build_teacher_cache
+from distill_toolkit.teachers.served import ServedTeacherError, served_teacher_from_spec
 from distill_toolkit.utils import display_parameters
 from distill_toolkit.utils.launch_files import (ds_config, ds_config_named_by, ds_config_names, launch_config,
                                                 launch_config_names)
@@ -83,7 +88,9 @@ def build_models(config: ExperimentConfig, task: tasks.Task, labels, need_studen
         return task.load_model(spec.path, labels=labels, attn_implementation=spec.attn_implementation,
                                config_overrides=spec.config, where=where, **_hub_fields(spec))
 
-    teacher = load(teacher_spec, "teacher") if teacher_spec is not None and dist.strategy != "supervised" else None
+    served = isinstance(teacher_spec, ServedTeacherSpec)  # connected below, once the tokenizer is loaded
+    teacher = (load(teacher_spec, "teacher") if teacher_spec is not None and not served and dist.strategy != "supervised"
+               else None)
     student = None
     if need_student and student_spec.init_from == "teacher":
         base = teacher if teacher is not None else load(teacher_spec, "teacher")
@@ -95,9 +102,15 @@ def build_models(config: ExperimentConfig, task: tasks.Task, labels, need_studen
                                    **_hub_fields(student_spec))
     elif need_student:
         student = load(student_spec, "student")
+    if student is not None and student_spec.lora is not None:  # adapters only train; the base is frozen
+        student = apply_lora(student, student_spec.lora, task.name)
     source, where = (teacher_spec, "teacher") if student_spec.init_from == "teacher" else (student_spec, "student")
-    return teacher, student, load_tokenizer(source.path, revision=source.revision,
-                                            trust_remote_code=source.trust_remote_code, where=where)
+    tokenizer = load_tokenizer(source.path, revision=source.revision, trust_remote_code=source.trust_remote_code,
+                               where=where)
+    if served:  # its vocabulary is checked against the student's tokenizer; training from its cache: no server
+        connect = not (config.training.teacher_cache and need_student)
+        teacher = served_teacher_from_spec(teacher_spec, tokenizer, dist.temperature, connect=connect)
+    return teacher, student, tokenizer
 
 
 def _hub_fields(spec) -> dict:
@@ -136,13 +149,28 @@ def _encode(config: ExperimentConfig, task: tasks.Task, splits, labels, tokenize
 def run_experiment(config: ExperimentConfig) -> dict:
     """Build data, teacher and student from ``config`` and train; returns the trainer's result."""
     task, labels, teacher, student, tokenizer, encoded = prepare(config)
-    collate = task.collator(tokenizer, config.data)
+    collate = _collator(config, task, tokenizer)
     if config.training.teacher_cache:  # written by `cache-teacher`; the teacher is checked against it, never run
         teacher = resolve_teacher_cache(config.training.teacher_cache, teacher).check(tokenizer=tokenizer)
     trainer = Trainer(student, config.training, config.distillation, encoded["train"], teacher=teacher,
                       eval_data=encoded.get("dev"), test_data=encoded.get("test"), collate_fn=collate,
                       tokenizer=tokenizer, label_names=labels, task=task.name, run_config=config.to_dict())
     return trainer.train()
+
+
+def _collator(config: ExperimentConfig, task: tasks.Task, tokenizer):
+    """The task's collator; for a causal LM with a cross-tokenizer ``kd_loss`` (``uld`` / ``aligned_kd``) and a
+    teacher, each text tokenised by both tokenizers and aligned (:class:`CrossTokenizerLMCollator`)."""
+    teacher_spec = config.teacher
+    if not (task.name == "causal_lm" and config.distillation.kd_loss in CROSS_TOKENIZER_LOSSES
+            and teacher_spec is not None and teacher_spec.path and config.student.init_from != "teacher"):
+        return task.collator(tokenizer, config.data)
+    teacher_tokenizer = load_tokenizer(teacher_spec.path, revision=teacher_spec.revision,
+                                       trust_remote_code=teacher_spec.trust_remote_code, where="teacher")
+    spec = config.data
+    return CrossTokenizerLMCollator(tokenizer, teacher_tokenizer, max_length=spec.max_length,
+                                    text_column=spec.text_column, prompt_column=spec.prompt_column,
+                                    completion_column=spec.text_column)
 
 
 def cache_teacher(config: ExperimentConfig, overwrite: bool = False):
@@ -153,18 +181,26 @@ def cache_teacher(config: ExperimentConfig, overwrite: bool = False):
                           "set e.g. `teacher_cache: outputs/teacher_cache` in the training section")
     if config.teacher is None or config.distillation.strategy == "supervised":
         raise ConfigError("teacher", "there is no teacher to cache", "add a `teacher:` section with a `path`")
+    top_k = t.teacher_cache_top_k
+    if isinstance(config.teacher, ServedTeacherSpec):  # a served teacher gives its top_k log-probabilities
+        if top_k not in (None, config.teacher.top_k):
+            raise ConfigError("training.teacher_cache_top_k", f"is {top_k} but the served teacher gives "
+                              f"teacher.top_k = {config.teacher.top_k}", "remove it or set the two alike")
+        top_k = config.teacher.top_k
     task, _, teacher, _, tokenizer, encoded = prepare(config, need_student=False)
     return build_teacher_cache(teacher, encoded["train"], t.teacher_cache,
                                collate_fn=task.collator(tokenizer, config.data), distillation=config.distillation,
-                               tokenizer=tokenizer, top_k=t.teacher_cache_top_k, dtype=t.teacher_cache_dtype,
-                               batch_size=t.eval_batch_size, overwrite=overwrite)
+                               tokenizer=tokenizer, top_k=top_k, dtype=t.teacher_cache_dtype,
+                               batch_size=t.eval_batch_size, overwrite=overwrite,
+                               samples=t.teacher_cache_samples, seed=t.seed)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill-toolkit", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="run a distillation (or supervised training) from a YAML/JSON file")
+    train = sub.add_parser("train", help="run a distillation (or supervised training) from a YAML/JSON file",
+                           epilog=f"Every config field, its type and default: {CONFIG_REFERENCE}")
     cache = sub.add_parser("cache-teacher", help="run the teacher once over the training data and write "
                                                  "training.teacher_cache (resumable; `accelerate launch` splits it)")
     validate = sub.add_parser("validate", help="check a config (and --set overrides) and print it resolved, as YAML")
@@ -180,15 +216,19 @@ def _parser() -> argparse.ArgumentParser:
     params.add_argument("model_dir")
     params.add_argument("--max-level", type=int, default=2)
     _add_file_commands(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="also show the known-harmless notices of transformers and DeepSpeed (load "
+                                  "reports of a new head, weight-loading bars, 'Setting accelerator to CPU')")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """The command line; returns the exit code (2 for a config or data error)."""
     args = _parser().parse_args(argv)
+    configure_console(verbose=args.verbose)
     if args.command == "params":
-        print(display_parameters(AutoModel.from_pretrained(resolve_model_path(args.model_dir)),
-                                 max_level=args.max_level))
+        print(display_parameters(_saved_model(args.model_dir), max_level=args.max_level))
         return 0
     if args.command in FILE_COMMANDS:
         return FILE_COMMANDS[args.command](args)
@@ -201,20 +241,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "cache-teacher":
             cache = cache_teacher(config, overwrite=args.overwrite)
             summary = {"teacher_cache": str(cache.path), "examples": len(cache), **cache.build_stats,
-                       "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k}
+                       "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k,
+                       **({"samples": cache.samples} if cache.samples else {})}
         else:
             summary = {k: v for k, v in run_experiment(config).items() if k != "history"}
-    except (ConfigError, tasks.DataError, TeacherCacheError) as err:
+    except (ConfigError, tasks.DataError, TeacherCacheError, ServedTeacherError) as err:
         if args.debug:
             raise
-        kind = ("config" if isinstance(err, ConfigError) else
-                "teacher cache" if isinstance(err, TeacherCacheError) else "data")
+        kind = ("config" if isinstance(err, ConfigError) else "served teacher" if isinstance(err, ServedTeacherError)
+                else "teacher cache" if isinstance(err, TeacherCacheError) else "data")
         print(f"{kind} error: {err}", file=sys.stderr)
         return 2
     if _is_main_process():
         print(json.dumps(summary, indent=2, default=str))
     _close_process_group()
     return 0
+
+
+def _saved_model(path: str):
+    """The model saved at ``path`` as its own architecture (head included), else its ``AutoModel`` body."""
+    path = resolve_model_path(path)
+    architectures = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    return (model_class or AutoModel).from_pretrained(path)
 
 
 def _add_file_commands(sub) -> None:
@@ -262,6 +311,8 @@ def _print_shipped(args) -> int:
 
 
 FILE_COMMANDS = {"export": _export, "launch-config": _print_shipped, "ds-config": _print_shipped}
+CONFIG_REFERENCE = ("docs/config_reference.md in the source tree; the same page is printed by "
+                    "`python -m distill_toolkit.config.reference`")
 
 
 def _version() -> str:

@@ -64,10 +64,14 @@ class ModelView:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model under DDP / DeepSpeed / compile wrappers."""
+    """The model under DDP / DeepSpeed / compile wrappers, and under a ``peft`` (LoRA) wrapper: the Hugging Face
+    model itself, its adapter layers in place (so feature names and heads are the model's own)."""
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
+        if not isinstance(inner, nn.Module) and type(model).__module__.startswith("peft.") \
+                and hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        if isinstance(inner, nn.Module) and inner is not model:
             model = inner
         else:
             return model

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from distill_toolkit.cli import load_experiment, run_experiment
+from distill_toolkit.console import configure_console
 from distill_toolkit.utils import count_parameters
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -51,7 +52,10 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs/quickstart")
     parser.add_argument("--steps", type=int, default=None, help="cap every phase at this many optimiser steps")
     parser.add_argument("--reuse-teacher", action="store_true", help="skip phase 1 if the teacher exists")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show transformers' load reports of the new heads and DeepSpeed's CPU notice")
     args = parser.parse_args()
+    configure_console(verbose=args.verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.output_dir)
 
@@ -71,6 +75,8 @@ def main() -> None:
             result.pop("history")
             (out / name / "result.json").write_text(json.dumps(result, indent=2, default=str))
             results[name] = result
+            print(f"    {label}: dev accuracy {result['eval']['accuracy']:.4f} "
+                  f"after {result['global_step']} steps", flush=True)
         rows.append((name, label))
 
     from distill_toolkit.data import load_sentiment

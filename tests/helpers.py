@@ -81,12 +81,28 @@ def wandb_records(run_file) -> list:
     return records
 
 
-def read_wandb_history(run_file) -> list[dict]:
-    """History rows of an offline W&B run, read from its ``.wandb`` file."""
+def finished_wandb_records(run_dir, timeout: float = 60.0) -> list:
+    """The records of the offline W&B run in ``run_dir`` once its log is complete (it ends with an ``exit``
+    record). ``run.finish()`` returns before W&B's service process has written the log, so it is polled."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(Path(run_dir).glob("*.wandb"))
+        records = wandb_records(files[0]) if files else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"the W&B log in {run_dir} has no exit record after {timeout} s"
+        time.sleep(0.2)
+
+
+def read_wandb_history(run_dir) -> list[dict]:
+    """History rows of the finished offline W&B run in ``run_dir``."""
     import json
 
     return [{(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
-            for record in wandb_records(run_file) if record.WhichOneof("record_type") == "history"]
+            for record in finished_wandb_records(run_dir) if record.WhichOneof("record_type") == "history"]
 
 
 def toy_training(output_dir, **kw):

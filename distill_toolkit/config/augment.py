@@ -30,7 +30,10 @@ class AugmentSpec(Serializable):
     p_mask: float = 0.1
     p_replace: float = 0.1
     p_ngram: float = 0.25
+    #: the longest n-gram kept by `p_ngram`
     max_ngram: int = 5
+    #: where replacement words come from: `vocabulary` (uniform over the training words) or `embedding` (nearest in
+    #: the teacher's input embeddings)
     replace_with: str = "vocabulary"
     seed: int = 0
 

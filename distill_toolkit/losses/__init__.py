@@ -8,7 +8,8 @@ Logits losses live in :mod:`.logits`, intermediate-feature losses (TextBrewer's)
 :mod:`.features`; add your own with :func:`register_loss`.
 """
 
-from . import features, logits, relations
+from . import cross_tokenizer, features, logits, relations
+from .cross_tokenizer import CROSS_TOKENIZER_LOSSES, aligned_kd, uld
 from .features import (
     attention_ce,
     attention_ce_mean,
@@ -36,6 +37,7 @@ from .logits import (
     total_variation,
 )
 from .relations import minilm_attention, minilmv2_relation
+from .sampled import SAMPLED_LOSSES, sampled_from_dense
 from .registry import LOSS_KINDS, UnknownLossError, available_losses, get, loss_kind, register_loss
 
 _BUILTIN_LOGITS = {
@@ -49,6 +51,8 @@ _BUILTIN_LOGITS = {
     "total_variation": total_variation,
     "tv": total_variation,
     "multilabel_kd": multilabel_kd,
+    "uld": uld,
+    "aligned_kd": aligned_kd,
 }
 
 _BUILTIN_FEATURES = {
@@ -86,15 +90,19 @@ def _register_builtins() -> None:
 _register_builtins()
 
 __all__ = [
+    "CROSS_TOKENIZER_LOSSES",
     "LOSS_KINDS",
+    "SAMPLED_LOSSES",
     "SparseTeacher",
     "UnknownLossError",
     "attention_ce",
     "attention_ce_mean",
     "attention_mse",
+    "aligned_kd",
     "attention_mse_sum",
     "available_losses",
     "cos",
+    "cross_tokenizer",
     "features",
     "forward_kl",
     "fsp",
@@ -116,7 +124,9 @@ __all__ = [
     "register_loss",
     "relations",
     "reverse_kl",
+    "sampled_from_dense",
     "skew_kl",
     "sparse_from_dense",
     "total_variation",
+    "uld",
 ]

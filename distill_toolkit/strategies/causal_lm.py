@@ -29,7 +29,9 @@ route, :func:`~distill_toolkit.losses.chunked.chunked_lm_kd`).
 
 Teacher sources: a teacher model (replicated, offloaded, FSDP- or ZeRO-3-sharded: a partitioned
 output head is gathered once per micro-batch), or a teacher cache (dense or top-k log-probabilities
-of the shifted positions; no teacher forward at all).
+of the shifted positions; no teacher forward at all), or a served teacher (top-k log-probabilities over
+HTTP, :mod:`distill_toolkit.teachers.served`; it also scores on-policy samples, re-tokenized when it reads
+text prompts).
 
 On-policy distillation (GKD, Agarwal et al. 2024): with ``strategy_options.lmbda = p``, a fraction
 ``p`` of the micro-batches is replaced, before the teacher runs, by the student's own completions
@@ -51,6 +53,11 @@ resumed run decides as the uninterrupted one); each rank samples from its own pr
 - ``chunk_bytes`` (536870912, 512 MiB): memory budget for one chunk's ``[chunk, vocab]`` temporaries;
   the positions per chunk follow from it and the vocabulary.
 - ``chunk_size`` (null): positions per chunk; overrides ``chunk_bytes`` when set.
+
+Different tokenizers: ``kd_loss: uld`` (Universal Logit Distillation) or ``aligned_kd`` (offset-aligned
+token-level KD; ``kd_loss_kwargs``: ``shared_weight``, ``uld_weight``, ``span_weight``) take the
+cross-tokenizer route (:mod:`~distill_toolkit.strategies.cross_tokenizer_lm`) on batches of
+:class:`~distill_toolkit.data.CrossTokenizerLMCollator`; any other ``kd_loss`` refuses two vocabularies.
 """
 
 from __future__ import annotations
@@ -69,17 +76,19 @@ from distill_toolkit.features import HEAD_INPUT, ModelView, max_positions, unwra
 from distill_toolkit.losses import SparseTeacher
 from distill_toolkit.losses.chunked import DEFAULT_CHUNK_BYTES, materialised_head
 from distill_toolkit.strategies.base import Strategy, StrategyError, register_strategy
+from distill_toolkit.strategies.cross_tokenizer_lm import (check_cross_tokenizer_batch, check_cross_tokenizer_config,
+                                                           cross_tokenizer_kd, is_cross_tokenizer)
 from distill_toolkit.strategies.generation import generate_completions
 from distill_toolkit.strategies.objective import KDObjective, select_rows
 from distill_toolkit.tasks import next_token_mask
 
 OPTIONS = {"lmbda": 0.0, "max_new_tokens": 32, "generation_temperature": 1.0, "fused": True,
            "chunk_bytes": DEFAULT_CHUNK_BYTES, "chunk_size": None}
-CROSS_TOKENIZER = ("Fix: use a student that shares the teacher's tokenizer (e.g. built from the teacher's layers, "
-                   "student_from_teacher). Token-level KD compares distributions over the same classes; the "
-                   "cross-tokenizer route (DualTokenizerCollator, distill_toolkit/data/dual.py, see "
-                   "docs/collators.md) aligns positions across tokenizers for hidden-state and attention matches "
-                   "(strategy 'single', kd_loss_weight: 0), not for LM logits")
+CROSS_TOKENIZER = ("Fix: set distillation.kd_loss: uld or aligned_kd (cross-tokenizer KD, see docs/causal_lm.md) "
+                   "and batch the data with distill_toolkit.data.CrossTokenizerLMCollator (the CLI does so for "
+                   "those losses), or use a student that shares the teacher's tokenizer (e.g. built from the "
+                   "teacher's layers, student_from_teacher). Token-level KD with "
+                   "forward_kl/reverse_kl/jsd/... compares distributions over the same classes")
 
 
 def next_token_targets(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +131,10 @@ class CausalLMDistillation(Strategy):
         self.generation_temperature = options["generation_temperature"]
         self.chunk_size, self.chunk_bytes, self.fused = options["chunk_size"], options["chunk_bytes"], options["fused"]
         self.on_policy = False  # whether the current micro-batch holds the student's samples
+        self.cross_tokenizer = is_cross_tokenizer(config)
+        self.vocab_differs = False  # set by setup()
+        if self.cross_tokenizer:
+            check_cross_tokenizer_config(config, options)
 
     @property
     def projections(self) -> nn.ModuleList:
@@ -171,6 +184,12 @@ class CausalLMDistillation(Strategy):
         inputs = model_inputs(batch, "student")
         limit, owner = self._position_limit(student, teachers)
         self._check_length(inputs["input_ids"].shape[1], limit, owner, "a batch")
+        if self.cross_tokenizer:
+            self._check_length(model_inputs(batch, "teacher")["input_ids"].shape[1], limit, owner, "a teacher batch")
+            check_cross_tokenizer_batch(self.config, batch, self.vocab_differs)
+        elif isinstance(batch.get("teacher"), dict):
+            raise StrategyError(f"the batch holds separate teacher inputs (another tokenizer) but kd_loss "
+                                f"{self.config.kd_loss!r} compares one vocabulary. {CROSS_TOKENIZER}")
         self.on_policy = key is not None and self.lmbda > 0 and _draw(key) < self.lmbda
         if not self.on_policy:
             return batch
@@ -183,6 +202,9 @@ class CausalLMDistillation(Strategy):
         pad = _pad_id(student)
         completions = generate_completions(student, prompts, max_new_tokens=self.max_new_tokens,
                                            temperature=self.generation_temperature, pad_token_id=pad)
+        for model in teachers.values():  # a teacher served with text prompts reads the samples re-tokenized
+            canonical = getattr(model, "canonical_completions", None)
+            completions = canonical(prompts, completions) if callable(canonical) else completions
         device = inputs["input_ids"].device
         generated = {k: v.to(device) for k, v in lm_batch(list(zip(prompts, completions)), pad).items()}
         return {**{k: v for k, v in batch.items() if k in ("task", "id")}, **generated}
@@ -205,19 +227,26 @@ class CausalLMDistillation(Strategy):
     def setup(self, student: ModelView, teachers: dict[str, ModelView]) -> None:
         teacher = teachers["teacher"]
         vocab_S = unwrap(student.model).get_output_embeddings().out_features
-        if teacher.model is not None:
+        given = HEAD_INPUT not in teacher.features  # distributions given (cache, served teacher): no head here
+        if not given:
             vocab_T = unwrap(teacher.model).get_output_embeddings().out_features
         elif isinstance(teacher.logits[0], SparseTeacher):  # top-k cache: the largest class index it names
             top = int(teacher.logits[0].indices.max()) + 1
             vocab_T = vocab_S if top <= vocab_S else f"at least {top}"
         else:
             vocab_T = teacher.logits[0].shape[-1]
+        self.vocab_differs = vocab_S != vocab_T
+        if self.cross_tokenizer:
+            if teacher.model is None:
+                raise StrategyError(f"kd_loss {self.config.kd_loss!r} runs the teacher on its own tokens; a teacher "
+                                    "cache holds no outputs for them. Fix: pass the teacher model (no teacher_cache)")
+            return
         if vocab_S != vocab_T:
             raise StrategyError(
                 f"student vocabulary ({vocab_S}) differs from the teacher's ({vocab_T}): token-level KD needs the "
                 f"same vocabulary. {CROSS_TOKENIZER}")
-        if teacher.model is None:
-            if self.lmbda > 0:
+        if given:
+            if self.lmbda > 0 and teacher.model is None:  # a served teacher (teacher.model set) scores samples
                 raise StrategyError("distillation.strategy_options.lmbda > 0 needs the teacher model to score the "
                                     "student's samples; a teacher cache only holds outputs for the data set. "
                                     "Fix: pass the teacher model, or set lmbda: 0")
@@ -233,6 +262,9 @@ class CausalLMDistillation(Strategy):
         teacher = teachers["teacher"]
         mask, targets = next_token_targets(model_inputs(batch, "student"))
         n = max(int(mask.sum()), 1)
+        if self.cross_tokenizer:
+            kd, hard = cross_tokenizer_kd(self.config, batch, student, teacher, self.config.hard_label_weight > 0)
+            return self.objective.total(progress, kd=kd, hard=hard, items=n)
         hidden_S = student.features[HEAD_INPUT][:, :-1][mask]
         head_S = unwrap(student.model).get_output_embeddings()
         # the student's own samples are no ground truth: no hard-label term, no probability shift on them

@@ -53,6 +53,7 @@ from distill_toolkit.data.cache.fingerprints import (
 )
 from distill_toolkit.data.cache.ids import example_ids
 from distill_toolkit.data.cache.layout import compact, layouts_of, sequence_mask, view_tensors
+from distill_toolkit.data.cache.sampled import SAMPLED_LOSSES, SampledLogits
 from distill_toolkit.data.cache.storage import TeacherCache
 from distill_toolkit.data.sources import sha256_file
 from distill_toolkit.features import HEAD_INPUT
@@ -61,7 +62,7 @@ from distill_toolkit.teachers.runner import TeacherRunner
 
 __all__ = ["build_teacher_cache"]
 
-_LOGITS = ("logits.", "topk.")
+_LOGITS = ("logits.", "topk.", "sampled.")
 
 
 def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path], *,
@@ -70,7 +71,8 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
                         task: Optional[str] = None, tokenizer=None, top_k: Optional[int] = None,
                         temperature: Optional[float] = None, dtype: str = "float32", batch_size: int = 32,
                         shard_size: int = 1024, adaptor=None, overwrite: bool = False, verify: str = "full",
-                        on_shard: Optional[Callable[[int], None]] = None) -> TeacherCache:
+                        on_shard: Optional[Callable[[int], None]] = None, samples: Optional[int] = None,
+                        seed: int = 0) -> TeacherCache:
     """Run ``teacher`` once over ``dataset`` and write its outputs to ``path``; returns the opened cache.
 
     Args:
@@ -83,6 +85,8 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
         top_k: store the top-k log-probabilities (+ indices + log tail mass) instead of dense logits, at
             ``temperature`` (train at the same temperature).
         dtype: storage dtype of logits/log-probs and features: ``float32``, ``float16`` or ``bfloat16``.
+        samples, seed: a sampled sparse teacher (:mod:`~distill_toolkit.data.cache.sampled`): the ``top_k`` (or
+            none) exactly plus ``samples`` draws from the rest, seeded by ``seed`` and the example id; for forward_kl.
         shard_size: examples per shard (the unit of resumption and of the split across ranks).
         overwrite: replace a finished cache built for something else (otherwise that is an error).
         on_shard: called with the shard index after each shard is saved (progress, tests).
@@ -92,13 +96,16 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
     """
     path = Path(path)
     _check_settings(dtype, top_k)
-    feature_keys, task, temperature = _stored_set(distillation, feature_keys, role, task, top_k, temperature)
+    sampling = _sampling(samples, top_k, seed, distillation)
+    feature_keys, task, temperature = _stored_set(distillation, feature_keys, role, task, top_k or samples, temperature)
     state = _process_state()
     data_digest, hashes = data_fingerprint(dataset, collate_fn)
     fingerprint = {"teacher": teacher_fingerprint(teacher), "tokenizer": tokenizer_fingerprint(tokenizer),
                    "data": data_digest, "collator": collator_fingerprint(collate_fn),
                    "features": sorted(feature_keys), "task": task, "top_k": top_k,
                    "temperature": float(temperature), "dtype": dtype, "num_examples": len(hashes)}
+    if sampling is not None:  # only then: the fingerprints of dense and top-k caches are unchanged
+        fingerprint.update(samples=sampling.samples, sample_seed=sampling.seed)
     existing = _existing_cache(path, fingerprint, verify, overwrite)
     if existing is not None:
         return existing
@@ -108,7 +115,7 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
     runner = TeacherRunner(teacher, role, list(feature_keys), task, adaptor)
     runner.model.to(state.device)
     writer = _ShardWriter(runner, dataset, collate_fn or default_collate, hashes, top_k, temperature, dtype,
-                          batch_size, state.device)
+                          batch_size, state.device, sampling=sampling)
     num_shards = max(1, math.ceil(len(hashes) / shard_size))
     written, reused = writer.write_all(partial, state, num_shards, shard_size, on_shard)
     state.wait_for_everyone()
@@ -125,6 +132,17 @@ def _check_settings(dtype: str, top_k: Optional[int]) -> None:
         raise ValueError(f"training.teacher_cache_dtype: unknown {dtype!r}. Fix: use one of {', '.join(CACHE_DTYPES)}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"training.teacher_cache_top_k: must be a positive integer or null, got {top_k!r}")
+
+
+def _sampling(samples: Optional[int], top_k: Optional[int], seed: int, distillation) -> Optional[SampledLogits]:
+    """The draws of a sampled cache (None without ``samples``); its loss is checked before the teacher runs."""
+    if samples is None:
+        return None
+    if distillation is not None and distillation.kd_loss_weight > 0 and distillation.kd_loss not in SAMPLED_LOSSES:
+        raise ValueError(f"training.teacher_cache_samples: a sampled teacher estimates the forward-KL gradient "
+                         f"without bias, but distillation.kd_loss is {distillation.kd_loss!r}. Fix: use kd_loss: "
+                         "forward_kl, or a top-k cache (teacher_cache_top_k alone) for other divergences")
+    return SampledLogits(samples, top_k or 0, seed)
 
 
 def _stored_set(distillation, feature_keys, role: str, task: Optional[str], top_k: Optional[int],
@@ -215,6 +233,7 @@ class _ShardWriter:
     device: Any
     layouts: Optional[dict] = None
     kinds: Optional[dict] = None
+    sampling: Optional[SampledLogits] = None
 
     def write_all(self, partial: Path, state: PartialState, num_shards: int, shard_size: int,
                   on_shard: Optional[Callable[[int], None]]) -> tuple[int, int]:
@@ -247,16 +266,31 @@ class _ShardWriter:
             with torch.no_grad():
                 view = self.runner.forward(batch)
             mask = sequence_mask(batch)
-            named = view_tensors(view, self.top_k, self.temperature)
-            if self.layouts is None:
+            if self.sampling is not None:  # drawn example by example, stored ragged (data/cache/sampled.py)
+                self._add_sampled(columns, view, mask, ids)
+                named = {}
+            else:
+                named = view_tensors(view, self.top_k, self.temperature)
+            if self.layouts is None and named:
                 self.layouts = layouts_of(named, mask, self.runner.task)
-                vocab = max([0] + [int(lg.shape[-1]) for lg in view.logits])
+                vocab = max([0] + [int(getattr(lg, "shape", [getattr(self.runner.model, "vocab_size", 0)])[-1])
+                                   for lg in view.logits])  # a SparseTeacher (served): the teacher's vocabulary
                 self.kinds = {n: storage_kind(n, self.dtype, vocab) for n in named}
             for name, tensor in named.items():
                 columns.setdefault(name, []).extend(compact(tensor, self.layouts[name], mask))
             columns["id"].extend(ids)
             columns["example_hash"].extend(self.hashes[i] for i in ids)
         return columns
+
+    def _add_sampled(self, columns: dict, view, mask, ids: list) -> None:
+        """Append a batch's sampled heads and features to ``columns`` (layouts and kinds from the first batch)."""
+        per_example, layouts = self.sampling.batch(view, mask, ids, self.runner.task, self.temperature)
+        if self.layouts is None:
+            self.layouts = layouts
+            vocab = max([0] + [int(lg.shape[-1]) for lg in view.logits])
+            self.kinds = {n: storage_kind(n, self.dtype, vocab) for n in layouts}
+        for name, values in per_example.items():
+            columns.setdefault(name, []).extend(values)
 
 
 def _bytes_per_token(partial: Path, shards: list[str], meta: dict) -> float:

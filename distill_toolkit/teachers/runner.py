@@ -10,9 +10,10 @@ from torch import nn
 from distill_toolkit.batch import batch_task, model_inputs
 from distill_toolkit.data.cache import InMemoryTeacherCache, TeacherCache, TeacherCacheError, cached_view
 from distill_toolkit.data.dual import align_view
-from distill_toolkit.features import Adaptor, FeatureCapture, ModelView, accepts_task
+from distill_toolkit.features import HEAD_INPUT, Adaptor, FeatureCapture, ModelView, accepts_task
 from distill_toolkit.strategies import Strategy
 from distill_toolkit.tasks import forward_view, resolve_task
+from distill_toolkit.teachers.served import ServedTeacher, ServedTeacherError
 
 
 def named_teachers(teacher: Union[nn.Module, list, tuple, dict, None]) -> dict[str, nn.Module]:
@@ -93,9 +94,13 @@ class TeacherRunner:
         self.overrides = strategy.forward_overrides(role) if strategy is not None else {}
         self.role = role
         self.adaptor = adaptor
-        self.task = resolve_task(task, model)
+        self.served = isinstance(model, ServedTeacher)  # its log-probabilities come over HTTP: no forward here
+        if self.served and any(k != HEAD_INPUT for k in feature_keys):
+            raise ServedTeacherError(f"teacher {role!r} is served: it gives log-probabilities only, not the features "
+                                     f"{[k for k in feature_keys if k != HEAD_INPUT]}. Fix: remove distillation.matches")
+        self.task = resolve_task("causal_lm" if self.served else task, model)
         hooked = [k for k in feature_keys if adaptor is None or k.startswith("module:")]
-        self.capture = FeatureCapture(model, hooked) if model is not None else None
+        self.capture = FeatureCapture(model, hooked) if model is not None and not self.served else None
         self.takes_task = model is not None and accepts_task(model)  # multi-head teachers get the batch's task
         self.memory = InMemoryTeacherCache(self.task.name) if in_memory else None
 
@@ -116,6 +121,10 @@ class TeacherRunner:
     def forward(self, batch: dict) -> ModelView:
         """The teacher's forward pass on ``batch`` (its own positions, no cache, no alignment)."""
         inputs = model_call_inputs(batch, self.role, self.model, self.overrides, self.takes_task)
+        if self.served:
+            view = self.model.view(inputs)
+            view.task = batch_task(batch)
+            return view
         with torch.inference_mode():
             view = forward_view(self.model, inputs, self.task, self.capture, self.adaptor)
         # Inference tensors cannot be saved for backward; cloning outside inference mode

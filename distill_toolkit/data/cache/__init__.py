@@ -22,6 +22,8 @@ Modules:
     storage       TeacherCache: open, verify, check, read records and payloads; resolve/open helpers
     collate       TeacherCacheCollator and training_collator (the Trainer's side)
     memory        InMemoryTeacherCache (``training.teacher_cache_in_memory``)
+    sampled       SampledLogits: exact top-k + sampled tail per position (``training.teacher_cache_samples``)
+    ragged        pack/unpack of a sampled head's variable number of entries per position
 
 A build writes into ``PATH.partial/`` and only renames it to ``PATH`` when every shard is written
 (:mod:`distill_toolkit.data.cache.disk` has the layout). A build killed midway leaves only
@@ -39,6 +41,12 @@ cache temperature (fp16/bf16/fp32), their vocabulary indices (uint16 when the vo
 else int32) and the log of the remaining mass (fp32). The logits losses of
 :mod:`distill_toolkit.losses.logits` read this as a :class:`SparseTeacher`; see there for how the
 tail bucket enters each divergence.
+
+Sampled sparse logits (``samples=N``, ``training.teacher_cache_samples``): per position the top-k exactly (none
+without ``top_k``) plus the distinct tokens of N draws from the rest of the teacher's distribution, each with
+``tail mass * count / N``: an unbiased estimate whose forward-KL gradient is the dense one in expectation
+(Anshumann et al. 2025). Stored ragged (only the entries kept count towards ``bytes_per_token``), seeded per
+example id; see :mod:`distill_toolkit.data.cache.sampled`.
 """
 
 from distill_toolkit.data.cache.collate import TeacherCacheCollator, training_collator

@@ -17,13 +17,14 @@ import torch
 
 from distill_toolkit.batch import TEACHER, TEACHER_CACHE, batch_task, model_inputs
 from distill_toolkit.data.cache.errors import REBUILD, TeacherCacheError
+from distill_toolkit.data.cache.ragged import FLOOR, unpack, width
 from distill_toolkit.features import ModelView
 from distill_toolkit.losses.logits import SparseTeacher, sparse_from_dense
 
 __all__ = ["assemble_payload", "cached_view", "compact", "expand", "layouts_of", "sequence_mask",
            "view_from_payload", "view_tensors"]
 
-_LOGITS = ("logits.", "topk.")
+_LOGITS = ("logits.", "topk.", "sampled.")
 _SEQUENCE_LEVEL_TASKS = ("sequence_classification", "multilabel_classification")
 #: top-k head fields: (name in the payload, suffix of the stored tensor)
 _TOPK_PARTS = (("logprobs", "logprobs"), ("indices", "indices"), ("tail_logprob", "tail"))
@@ -118,9 +119,9 @@ def view_tensors(view: ModelView, top_k: Optional[int], temperature: float) -> d
     """The tensors of a teacher view to store, by name (top-k heads at ``temperature`` when ``top_k``)."""
     named = {}
     for i, logits in enumerate(view.logits):
-        if top_k:
-            k = min(top_k, logits.shape[-1])
-            sparse = sparse_from_dense(logits.float(), k, temperature)
+        if isinstance(logits, SparseTeacher) or top_k:  # a SparseTeacher (served teacher) is already at temperature
+            sparse = logits if isinstance(logits, SparseTeacher) else sparse_from_dense(
+                logits.float(), min(top_k, logits.shape[-1]), temperature)
             named[f"topk.{i}.logprobs"] = sparse.logprobs
             named[f"topk.{i}.indices"] = sparse.indices
             named[f"topk.{i}.tail"] = sparse.tail_logprob
@@ -134,7 +135,8 @@ def view_tensors(view: ModelView, top_k: Optional[int], temperature: float) -> d
 def assemble_payload(records: list[dict], layouts: dict, mask: Optional[torch.Tensor], ids: list) -> dict:
     """A batch's ``teacher_cache`` entry from per-example records: ``{"logits": [...], "features": {...}}``.
 
-    A top-k head is a dict ``{"logprobs", "indices", "tail_logprob"}``.
+    A top-k head is a dict ``{"logprobs", "indices", "tail_logprob"}``, and so is a sampled one (its tail is
+    empty: the sampled entries carry all the mass).
     """
     def stacked(name: str) -> torch.Tensor:
         return expand([r[name] for r in records], layouts[name], mask, name, ids)
@@ -144,12 +146,30 @@ def assemble_payload(records: list[dict], layouts: dict, mask: Optional[torch.Te
     for i in heads:
         if f"logits.{i}" in layouts:
             payload["logits"].append(stacked(f"logits.{i}"))
+        elif f"sampled.{i}.counts" in layouts:
+            payload["logits"].append(_sampled_head(records, layouts, mask, ids, i))
         else:
             payload["logits"].append({field: stacked(f"topk.{i}.{part}") for field, part in _TOPK_PARTS})
     for name in layouts:
         if name.startswith("feature."):
             payload["features"][name[len("feature."):]] = stacked(name)
     return payload
+
+
+def _sampled_head(records: list[dict], layouts: dict, mask: Optional[torch.Tensor], ids: list, head: int) -> dict:
+    """A sampled head (:mod:`~distill_toolkit.data.cache.sampled`) as a top-k one: its ragged entries padded to
+    the batch's widest position with probability-0 entries, and an empty tail bucket."""
+    name = f"sampled.{head}.counts"
+    counts = [r[name] for r in records]
+    columns = max(width(c) for c in counts)
+    out = {}
+    for field, part in (("indices", "indices"), ("logprobs", "logprobs")):
+        padded = [unpack(r[f"sampled.{head}.{part}"], c, columns, indices=part == "indices")
+                  for r, c in zip(records, counts)]
+        out[field] = expand(padded, layouts[name], mask, f"sampled.{head}.{part}", ids)
+    out["tail_logprob"] = torch.full(out["logprobs"].shape[:-1], FLOOR, dtype=out["logprobs"].dtype,
+                                     device=out["logprobs"].device)
+    return out
 
 
 def view_from_payload(payload: Mapping, batch: Mapping) -> ModelView:

@@ -21,6 +21,7 @@ from distill_toolkit.data.cache.fingerprints import (
 )
 from distill_toolkit.data.cache.ids import as_id
 from distill_toolkit.data.cache.layout import assemble_payload
+from distill_toolkit.data.cache.sampled import SAMPLED_LOSSES
 from distill_toolkit.data.sources import sha256_file
 
 __all__ = ["SPARSE_LOSSES", "TeacherCache", "open_teacher_cache", "resolve_teacher_cache"]
@@ -104,9 +105,11 @@ def _data_problems(data, cached: dict) -> list[str]:
 
 
 def _distillation_problems(distillation, fp: dict) -> list[str]:
-    """Why a top-k cache cannot serve ``distillation`` (kd_loss, temperature and its schedule)."""
+    """Why a top-k (or sampled) cache cannot serve ``distillation`` (kd_loss, temperature and its schedule)."""
     problems = []
-    if distillation.kd_loss_weight > 0 and distillation.kd_loss not in SPARSE_LOSSES:
+    if fp.get("samples"):
+        problems += _sampled_problems(distillation)
+    elif distillation.kd_loss_weight > 0 and distillation.kd_loss not in SPARSE_LOSSES:
         problems.append(f"it holds top-k logits, which distillation.kd_loss {distillation.kd_loss!r} cannot "
                         f"read; use one of {', '.join(SPARSE_LOSSES)}")
     if not math.isclose(float(distillation.temperature), float(fp["temperature"])):
@@ -115,6 +118,18 @@ def _distillation_problems(distillation, fp: dict) -> list[str]:
     schedule = distillation.temperature_scheduler
     if not (schedule is None or (isinstance(schedule, str) and schedule.lower() in ("none", "constant"))):
         problems.append("distillation.temperature_scheduler must be 'constant' with a top-k cache")
+    return problems
+
+
+def _sampled_problems(distillation) -> list[str]:
+    """Why a sampled cache cannot serve ``distillation``: only the forward KL's gradient is unbiased with it."""
+    problems = []
+    if distillation.kd_loss_weight > 0 and distillation.kd_loss not in SAMPLED_LOSSES:
+        problems.append(f"it holds sampled sparse logits, whose forward-KL gradient is unbiased, but "
+                        f"distillation.kd_loss is {distillation.kd_loss!r}; use forward_kl (or a top-k cache)")
+    if (distillation.kd_loss_kwargs or {}).get("top_k") is not None:
+        problems.append("distillation.kd_loss_kwargs.top_k is set, but a sampled cache has a varying number of "
+                        "entries per position; remove it")
     return problems
 
 
@@ -166,6 +181,11 @@ class TeacherCache:
         return self.fingerprint["top_k"]
 
     @property
+    def samples(self) -> Optional[int]:
+        """Draws per position of a sampled cache (:mod:`~distill_toolkit.data.cache.sampled`); None otherwise."""
+        return self.fingerprint.get("samples")
+
+    @property
     def temperature(self) -> float:
         """The temperature of the stored top-k log-probabilities (1.0 for dense logits)."""
         return self.fingerprint["temperature"]
@@ -213,7 +233,7 @@ class TeacherCache:
                             "(training.teacher_cache_top_k)")
         if dtype is not None and dtype != fp["dtype"]:
             problems.append(f"it is stored as {fp['dtype']} but {dtype} is configured (training.teacher_cache_dtype)")
-        if distillation is not None and fp["top_k"]:
+        if distillation is not None and (fp["top_k"] or fp.get("samples")):
             problems += _distillation_problems(distillation, fp)
         if problems:
             raise TeacherCacheError(f"stale teacher cache at {self.path}: " + "; ".join(problems)
