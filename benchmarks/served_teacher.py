@@ -34,6 +34,7 @@ import torch
 from distill_toolkit import Callback, DistillationConfig, Trainer, TrainingConfig
 from distill_toolkit.data import load_sentiment
 from distill_toolkit.data.cache import with_ids
+from distill_toolkit.data.lm import CausalLMCollator
 from distill_toolkit.data.sources import smollm2_gguf
 from distill_toolkit.models import load_gguf_causal_lm, student_from_teacher
 from distill_toolkit.teachers import ServedTeacher, build_teacher_cache
@@ -48,19 +49,6 @@ class StepClock(Callback):
 
     def on_step_end(self, trainer, step, logs):
         self.marks.append(time.perf_counter())
-
-
-class LMCollator:
-    """Sentences -> causal-LM batch (``labels`` = input ids, -100 on padding)."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, examples) -> dict:
-        enc = self.tokenizer([e["text"] for e in examples], truncation=True, max_length=self.max_length,
-                             padding=True, return_tensors="pt")
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
 
 def real_tokens(data, collate) -> int:
@@ -114,7 +102,7 @@ def main():
     teacher, tokenizer = load_gguf_causal_lm(smollm2_gguf())
     texts = [t for t in load_sentiment("movies")["train"]["text"] if len(t.split()) >= 4][:args.examples]
     data = with_ids(datasets.Dataset.from_dict({"text": texts}))
-    collate = LMCollator(tokenizer, 48)
+    collate = CausalLMCollator(tokenizer, max_length=48)
     tokens = real_tokens(data, collate)
     own = llama_server(smollm2_gguf(), out / "server.log", threads=args.threads) if args.server is None else None
     with own if own is not None else contextlib.nullcontext(args.server) as url:

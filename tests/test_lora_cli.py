@@ -11,9 +11,8 @@ import torch
 import yaml
 from lm_helpers import sentences, tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
-from test_cli import _data, _tokenizer
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, \
-    BertForSequenceClassification
+from test_cli import workspace  # noqa: F401  (the tiny BERT teacher and sentiment files of the CLI tests)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 peft = pytest.importorskip("peft")
 
@@ -94,19 +93,6 @@ def test_lora_causal_lm_student_with_a_bf16_teacher_and_gradient_checkpointing(l
     assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
 
 
-@pytest.fixture
-def bert_workspace(tmp_path):
-    teacher = tmp_path / "teacher"
-    tokenizer = _tokenizer(teacher)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(teacher)
-    for split, n in (("train", 32), ("dev", 16)):
-        _data(tmp_path / f"{split}.jsonl", n, seed=len(split))
-    return tmp_path
-
-
 def _bert_config(tmp_path, lora):
     return {"teacher": {"path": str(tmp_path / "teacher"), "dtype": "bfloat16"},
             "student": {"init_from": "teacher", "layers": [1, 3], "lora": lora},
@@ -118,8 +104,8 @@ def _bert_config(tmp_path, lora):
 
 
 @pytest.mark.slow
-def test_lora_classifier_student_from_yaml(bert_workspace):
-    tmp_path = bert_workspace
+def test_lora_classifier_student_from_yaml(workspace):
+    tmp_path = workspace
     config = _bert_config(tmp_path, {"r": 4, "target_modules": ["query", "value"]})
     summary = _summary(_cli("train", _write(tmp_path, config, "run.yaml")))
     assert summary["global_step"] == 4 and 0 <= summary["eval"]["accuracy"] <= 1
@@ -137,8 +123,8 @@ def test_lora_classifier_student_from_yaml(bert_workspace):
     assert json.loads((tmp_path / "out" / "final" / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
 
-def test_a_lora_target_the_classifier_lacks_is_a_config_error(bert_workspace):
-    tmp_path = bert_workspace
+def test_a_lora_target_the_classifier_lacks_is_a_config_error(workspace):
+    tmp_path = workspace
     run = _cli("train", _write(tmp_path, _bert_config(tmp_path, {"target_modules": ["q_proj"]}), "bad.yaml"))
     assert run.returncode == 2, run.stderr[-2000:]
     assert "student.lora.target_modules" in run.stderr and "'q_proj'" in run.stderr and "query" in run.stderr

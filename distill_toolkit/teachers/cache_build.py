@@ -272,25 +272,33 @@ class _ShardWriter:
             else:
                 named = view_tensors(view, self.top_k, self.temperature)
             if self.layouts is None and named:
-                self.layouts = layouts_of(named, mask, self.runner.task)
-                vocab = max([0] + [int(getattr(lg, "shape", [getattr(self.runner.model, "vocab_size", 0)])[-1])
-                                   for lg in view.logits])  # a SparseTeacher (served): the teacher's vocabulary
-                self.kinds = {n: storage_kind(n, self.dtype, vocab) for n in named}
+                self._set_layouts(layouts_of(named, mask, self.runner.task), view)
             for name, tensor in named.items():
                 columns.setdefault(name, []).extend(compact(tensor, self.layouts[name], mask))
             columns["id"].extend(ids)
             columns["example_hash"].extend(self.hashes[i] for i in ids)
         return columns
 
+    def _set_layouts(self, layouts: dict, view) -> None:
+        """The stored layout and storage kind of each column, fixed by the first batch."""
+        self.layouts = layouts
+        vocab = max([0] + [_vocab_size(lg, self.runner.model) for lg in view.logits])
+        self.kinds = {n: storage_kind(n, self.dtype, vocab) for n in layouts}
+
     def _add_sampled(self, columns: dict, view, mask, ids: list) -> None:
         """Append a batch's sampled heads and features to ``columns`` (layouts and kinds from the first batch)."""
         per_example, layouts = self.sampling.batch(view, mask, ids, self.runner.task, self.temperature)
         if self.layouts is None:
-            self.layouts = layouts
-            vocab = max([0] + [int(lg.shape[-1]) for lg in view.logits])
-            self.kinds = {n: storage_kind(n, self.dtype, vocab) for n in layouts}
+            self._set_layouts(layouts, view)
         for name, values in per_example.items():
             columns.setdefault(name, []).extend(values)
+
+
+def _vocab_size(logits, model) -> int:
+    """Classes of a head's output: the last dimension of dense logits; for a ``SparseTeacher`` (a served teacher
+    gives no dense logits) the teacher's ``vocab_size``."""
+    shape = getattr(logits, "shape", None)
+    return int(shape[-1]) if shape is not None else int(getattr(model, "vocab_size", 0))
 
 
 def _bytes_per_token(partial: Path, shards: list[str], meta: dict) -> float:
