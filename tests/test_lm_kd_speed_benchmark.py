@@ -54,7 +54,7 @@ def test_variants_run_in_their_own_processes_and_agree_on_the_forward_kl():
 
 
 def test_step1_losses_that_differ_are_reported(capsys):
-    args = lm_kd_speed.parse_args(TINY)
+    args = lm_kd_speed.parse_args([*TINY, "--variants", "floor,fused"])
     row = {"seconds_per_step": 0.1, "peak_rss_mb": 500.0, "rise_mb": 100.0, "step1_loss": 1.0, "last_loss": 0.9,
            "threads": 1}
     rows = {"floor": row, "fused": {**row, "step1_loss": 1.0 + 1e-5, "seconds_per_step": 0.05, "rise_mb": 60.0}}
