@@ -60,15 +60,23 @@ def _args(argv=None):
     p.add_argument("--topk", default="8,32,128", help="comma-separated k of the top-k caches")
     p.add_argument("--sampled", default="0+32,8+24,16+16",
                    help="comma-separated K+N of the sampled caches (K exact, N draws from the rest)")
+    p.add_argument("--systematic", default="0+32,16+16",
+                   help="comma-separated K+N of sampled caches whose N draws are systematic (one per stratum)")
+    p.add_argument("--threshold", default="0+36",
+                   help="comma-separated K+N of threshold caches (K+N distinct entries: the tokens above a "
+                        "threshold exactly, at least K, the rest drawn systematically)")
     p.add_argument("--dtype", default="float16", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dense-online", action="store_true",
+                   help="run the dense teacher online at every step instead of from a float32 dense cache "
+                        "(the same distributions; slower by one teacher forward per step)")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-teacher student")
     p.add_argument("--output-dir", default="outputs/topk_student")
     p.add_argument("--tiny", action="store_true", help="smoke run: 48 examples, 1 epoch, k = 8 and 0+8 only")
     args = p.parse_args(argv)
     if args.tiny:
         args.train_examples, args.eval_examples, args.epochs, args.max_length = 48, 24, 1.0, 32
-        args.topk, args.sampled = "8", "0+8"
+        args.topk, args.sampled, args.systematic, args.threshold = "8", "0+8", "0+8", "0+8"
     return args
 
 
@@ -100,9 +108,12 @@ def _runs(args) -> list[dict]:
     runs = [{"name": "dense", "kind": "dense"}]
     for k in filter(None, args.topk.split(",")):
         runs.append({"name": f"top-k {int(k)}", "kind": "topk", "top_k": int(k)})
-    for spec in filter(None, args.sampled.split(",")):
-        exact, draws = (int(x) for x in spec.split("+"))
-        runs.append({"name": f"sampled {exact}+{draws}", "kind": "sampled", "top_k": exact, "samples": draws})
+    for sampler, specs in (("multinomial", args.sampled), ("systematic", args.systematic),
+                           ("threshold", args.threshold)):
+        for spec in filter(None, specs.split(",")):
+            exact, draws = (int(x) for x in spec.split("+"))
+            name = f"{'sampled' if sampler == 'multinomial' else sampler} {exact}+{draws}"
+            runs.append({"name": name, "kind": "sampled", "top_k": exact, "samples": draws, "sampler": sampler})
     if not args.no_baseline:
         runs.append({"name": "no teacher", "kind": "none"})
     return runs
@@ -110,7 +121,7 @@ def _runs(args) -> list[dict]:
 
 def _teacher_source(run: dict, args, teacher, train, collate, tokenizer, distillation, root: Path):
     """``(teacher or cache, bytes/token, build seconds)`` of one run."""
-    if run["kind"] == "dense":
+    if run["kind"] == "dense" and args.dense_online:
         return teacher, 4.0 * teacher.config.vocab_size, 0.0  # what a dense fp32 cache would hold
     if run["kind"] == "none":
         return None, 0.0, 0.0
@@ -119,7 +130,9 @@ def _teacher_source(run: dict, args, teacher, train, collate, tokenizer, distill
     start = time.perf_counter()
     cache = build_teacher_cache(teacher, train, path, collate_fn=collate, distillation=distillation,
                                 tokenizer=tokenizer, top_k=run.get("top_k") or None, samples=run.get("samples"),
-                                seed=args.seed, dtype=args.dtype, batch_size=32)
+                                sampler=run.get("sampler", "multinomial"),
+                                seed=args.seed, dtype="float32" if run["kind"] == "dense" else args.dtype,
+                                batch_size=32)
     return cache, cache.bytes_per_token, time.perf_counter() - start
 
 

@@ -129,11 +129,14 @@ def prepare(config: ExperimentConfig, need_student: bool = True):
     return task, labels, teacher, student, tokenizer, _encode(config, task, splits, labels, tokenizer, teacher)
 
 
-def tokenized_data(config: ExperimentConfig, tokenizer):
-    """The splits of ``config.data`` encoded by its task for ``tokenizer`` (e.g. for a custom student)."""
+def tokenized_data(config: ExperimentConfig, tokenizer, teacher=None):
+    """The splits of ``config.data`` encoded by its task for ``tokenizer`` (e.g. for a custom student).
+
+    ``teacher`` (a Hugging Face model) gives its input embeddings to ``data.augment``'s ``replace_with: embedding``.
+    """
     task = task_of(config)
     splits = load_splits(config.data)
-    return _encode(config, task, splits, task.label_names(splits, config.data), tokenizer)
+    return _encode(config, task, splits, task.label_names(splits, config.data), tokenizer, teacher)
 
 
 def _encode(config: ExperimentConfig, task: tasks.Task, splits, labels, tokenizer, teacher=None):
@@ -192,7 +195,7 @@ def cache_teacher(config: ExperimentConfig, overwrite: bool = False):
                                collate_fn=task.collator(tokenizer, config.data), distillation=config.distillation,
                                tokenizer=tokenizer, top_k=top_k, dtype=t.teacher_cache_dtype,
                                batch_size=t.eval_batch_size, overwrite=overwrite,
-                               samples=t.teacher_cache_samples, seed=t.seed)
+                               samples=t.teacher_cache_samples, seed=t.seed, sampler=t.teacher_cache_sampler)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,7 +245,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cache = cache_teacher(config, overwrite=args.overwrite)
             summary = {"teacher_cache": str(cache.path), "examples": len(cache), **cache.build_stats,
                        "bytes_per_token": cache.bytes_per_token, "top_k": cache.top_k,
-                       **({"samples": cache.samples} if cache.samples else {})}
+                       **({"samples": cache.samples, "sampler": cache.sampler} if cache.samples else {})}
         else:
             summary = {k: v for k, v in run_experiment(config).items() if k != "history"}
     except (ConfigError, tasks.DataError, TeacherCacheError, ServedTeacherError) as err:

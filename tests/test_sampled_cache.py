@@ -20,7 +20,8 @@ from distill_toolkit.data.lm import CausalLMCollator
 from distill_toolkit.features import ModelView
 from distill_toolkit.losses import forward_kl, sparse_from_dense
 from distill_toolkit.losses.fused import fused_lm_kd
-from distill_toolkit.losses.sampled import draw_uniforms, sample_rows, sampled_from_dense
+from distill_toolkit.losses.sampled import (draw_rows, draw_uniforms, sample_rows, sampled_from_dense,
+                                            threshold_rows)
 from distill_toolkit.teachers import build_teacher_cache
 
 
@@ -49,6 +50,66 @@ def test_sampled_gradient_is_unbiased_and_top_k_is_not(top_k, samples):
     # plain top-k of about the same size fails that test: its error is a bias, far outside the noise
     biased = _grad(student, sparse_from_dense(teacher, top_k + samples))
     assert ((biased - dense).abs() > bound).float().mean() > 0.3
+
+
+def test_systematic_and_threshold_draws_are_unbiased_with_less_spread_and_keep_every_heavy_class():
+    g = torch.Generator().manual_seed(5)
+    teacher, student = torch.randn(4, 40, generator=g) * 2, torch.randn(4, 40, generator=g)
+    dense = _grad(student, teacher)
+    spread = {}
+    for sampler in ("multinomial", "systematic", "threshold"):
+        draws = torch.stack([_grad(student, sampled_from_dense(teacher, 6, 2, generator=g, sampler=sampler))
+                             for _ in range(3000)])
+        spread[sampler] = draws.std(0)
+        # the mean within 5 standard errors of the dense gradient at every logit (the spread measured here)
+        assert ((draws.mean(0) - dense).abs() <= 5 * spread[sampler] / 3000 ** 0.5 + 5e-5).all(), sampler  # + float32 error
+    assert spread["systematic"].sum() < 0.9 * spread["multinomial"].sum()  # measured 0.80
+    assert spread["threshold"].sum() < spread["systematic"].sum()  # measured 0.97
+    # one point per stratum of the tail: a class of tail mass w comes up floor(6 w) or ceil(6 w) times
+    log_p = teacher.log_softmax(-1)
+    rows = sample_rows(log_p, 6, 2, draw_uniforms(4, 6, g, "systematic"))
+    tail = log_p.scatter(-1, log_p.topk(2).indices, float("-inf"))
+    w = (tail - tail.logsumexp(-1, keepdim=True)).exp()
+    for r in range(4):
+        n = int(rows.counts[r])
+        got = torch.zeros(40).index_put_((rows.indices[r, 2:n],), (rows.logprobs[r, 2:n] - tail[r].logsumexp(-1)).exp() * 6)
+        counts = got.round()
+        torch.testing.assert_close(got, counts, atol=1e-4, rtol=0)
+        assert ((counts >= (6 * w[r]).floor() - 1e-6) & (counts <= (6 * w[r]).ceil() + 1e-6)).all()
+        assert counts.sum() == 6
+    with pytest.raises(ValueError, match="teacher_cache_sampler"):
+        draw_uniforms(4, 6, g, "stratified")
+
+
+def test_threshold_rows_keep_the_heavy_tokens_exactly_and_draw_distinct_ones_at_the_threshold():
+    g = torch.Generator().manual_seed(3)
+    log_p = (torch.randn(6, 50, generator=g) * 2.5).log_softmax(-1)
+    log_p[0] = (torch.randn(50, generator=g) * 0.01).log_softmax(-1)  # near flat: only top_k exactly, 7 drawn
+    offsets = 1.0 - torch.rand(6, generator=g, dtype=torch.float64)
+    rows = threshold_rows(log_p, 8, 1, offsets)
+    assert rows.counts.tolist() == [8] * 6  # exactly top_k + samples entries, never a repeat
+    p = log_p.exp().double()
+    exact = []
+    for r in range(6):
+        idx, lp = rows.indices[r], rows.logprobs[r].double()
+        assert len(set(idx.tolist())) == 8
+        order = p[r].argsort(descending=True)
+        k = next(k for k in range(1, 8) if p[r, order[k]] * (8 - k) < 1 - p[r, order[:k]].sum())  # by hand
+        assert idx[:k].tolist() == order[:k].tolist()
+        torch.testing.assert_close(lp[:k].exp(), p[r, order[:k]], rtol=1e-5, atol=0)
+        tau = (1 - p[r, order[:k]].sum()) / (8 - k)
+        torch.testing.assert_close(lp[k:].exp(), tau.expand(8 - k), rtol=1e-4, atol=0)
+        assert (p[r, idx[k:]] < tau).all() and not set(idx[k:].tolist()) & set(order[:k].tolist())
+        exact.append(k)
+    assert exact[0] == 1 and max(exact) >= 3
+    # the same offsets, the same rows; a row with fewer tokens than entries keeps all of them exactly
+    again = threshold_rows(log_p, 8, 1, offsets)
+    assert torch.equal(rows.indices, again.indices) and torch.equal(rows.logprobs, again.logprobs)
+    small = threshold_rows(log_p[:, :5].log_softmax(-1), 8, 0, offsets)
+    assert small.counts.tolist() == [5] * 6
+    torch.testing.assert_close(small.logprobs.exp().sum(-1), torch.ones(6))
+    with pytest.raises(ValueError, match="offsets must have shape"):
+        threshold_rows(log_p, 8, 1, offsets[:2])
 
 
 def test_sampled_rows_are_exact_where_nothing_is_drawn_and_seeded():
@@ -117,7 +178,8 @@ def test_sampled_cache_round_trips_and_counts_its_bytes(tmp_path):
     entries = positions = 0
     for row, example in enumerate(examples):
         real = batch["attention_mask"][row, 1:].bool()
-        counts, indices, logprobs = spec.example(logits[row][real], example["id"], 1.0)
+        parts = spec.example(logits[row][real], example["id"], 1.0)
+        counts, indices, logprobs = parts["counts"], parts["indices"], parts["logprobs"]
         n = int(real.sum())
         positions, entries = positions + n, entries + int(counts.sum())
         for r in range(n):
@@ -142,6 +204,38 @@ def test_sampled_cache_round_trips_and_counts_its_bytes(tmp_path):
     differ = [not torch.equal(a["sampled.0.indices"], b["sampled.0.indices"]) if a["sampled.0.indices"].shape ==
               b["sampled.0.indices"].shape else True for a, b in zip(cache.records(ids), reseeded.records(ids))]
     assert sum(differ) >= 5  # another seed, other draws
+    # systematic draws: recorded in the fingerprint (multinomial caches keep the one they had before the option)
+    assert "sampler" not in cache.fingerprint and cache.sampler == "multinomial"
+    systematic = _build(tmp_path, "sys", data, top_k=2, samples=6, seed=7, dtype="float16", sampler="systematic")
+    assert systematic.fingerprint["sampler"] == systematic.sampler == "systematic"
+    spec = SampledLogits(samples=6, top_k=2, seed=7, sampler="systematic")
+    for example, record in zip(data, systematic.records(ids)):
+        batch = collate([example])
+        with torch.no_grad():
+            row = teacher(input_ids=batch["input_ids"]).logits[0, :-1]
+        parts = spec.example(row, example["id"], 1.0)
+        counts, indices = parts["counts"], parts["indices"]
+        assert torch.equal(record["sampled.0.counts"].long(), counts.long())
+        assert record["sampled.0.indices"].tolist() == indices.tolist()
+    # threshold: exactly top_k + samples distinct entries; only the exact ones store a value, the drawn ones share
+    # the position's log tau; read back, every entry is what the sampler drew (fp16-rounded)
+    threshold = _build(tmp_path, "thr", data, top_k=2, samples=6, seed=7, dtype="float16", sampler="threshold")
+    spec = SampledLogits(samples=6, top_k=2, seed=7, sampler="threshold")
+    batch = TeacherCacheCollator(collate, threshold)(examples)
+    read = batch["teacher_cache"]["teacher"]["logits"][0]
+    stored = entries = exact = 0
+    for row, example in enumerate(examples):
+        real = batch["attention_mask"][row, 1:].bool()
+        rows = draw_rows(logits[row][real].log_softmax(-1), 6, 2, spec.generator(example["id"]), "threshold")
+        assert rows.counts.tolist() == [8] * int(real.sum())
+        torch.testing.assert_close(read["logprobs"][row][real][:, :8], rows.logprobs.half().float())
+        assert read["indices"][row][real][:, :8].tolist() == rows.indices.tolist()
+    for record in threshold.records(ids):
+        stored, entries = stored + len(record["sampled.0.counts"]), entries + int(record["sampled.0.counts"].sum())
+        exact += int(record["sampled.0.exact"].sum())
+        assert len(record["sampled.0.logprobs"]) == int(record["sampled.0.exact"].sum())
+    assert threshold.bytes_per_token == pytest.approx((6 * stored + 2 * entries + 2 * exact) / stored)
+    assert threshold.bytes_per_token < 6 + 4 * 8
 
 
 def _training(path, **kw):
@@ -216,6 +310,8 @@ def test_config_validates_the_samples(tmp_path):
     path = tmp_path / "run.yaml"
     for training, message in [({"teacher_cache_samples": 0}, r"training.teacher_cache_samples: must be a positive"),
                               ({"teacher_cache_samples": "8"}, r"training.teacher_cache_samples: must be a positive"),
+                              ({"teacher_cache_samples": 8, "teacher_cache_sampler": "stratified"},
+                               r"training.teacher_cache_sampler: unknown 'stratified'.*systematic"),
                               ({"teacher_cache_samples": 8, "teacher_cache": None},
                                r"teacher_cache_samples: is set but there is no teacher_cache")]:
         config = _config(tmp_path, **training)
@@ -240,7 +336,7 @@ def test_config_validates_the_samples(tmp_path):
 def test_cli_writes_and_trains_from_a_sampled_cache(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, teacher_cache_samples=8, teacher_cache_top_k=2,
-                                           teacher_cache_dtype="float16")))
+                                           teacher_cache_dtype="float16", teacher_cache_sampler="systematic")))
 
     def cli(*args):
         run = subprocess.run([sys.executable, "-m", "distill_toolkit.cli", *args, str(path)], capture_output=True,
@@ -250,5 +346,6 @@ def test_cli_writes_and_trains_from_a_sampled_cache(tmp_path):
 
     built = cli("cache-teacher")
     assert built["samples"] == 8 and built["top_k"] == 2 and built["examples"] == 12
+    assert built["sampler"] == "systematic"
     assert 2 + 4 * 3 <= built["bytes_per_token"] <= 2 + 4 * 10
     assert cli("train")["global_step"] == 2

@@ -119,6 +119,10 @@ class TrainingConfig(Serializable):
     #: a sampled sparse teacher: per position, this many tokens drawn from the teacher's distribution beyond its
     #: `teacher_cache_top_k` (kept exactly; none when unset), seeded by `seed`; unbiased for `kd_loss: forward_kl`
     teacher_cache_samples: Optional[int] = None
+    #: how a sampled cache chooses its entries: `multinomial` (independent draws), `systematic` (one draw per equal
+    #: stratum of the tail's CDF: unbiased too, less variance) or `threshold` (exactly `top_k + samples` distinct
+    #: entries: every token above a threshold exactly, the rest drawn systematically; unbiased, the least noise of the three)
+    teacher_cache_sampler: str = "multinomial"
     #: dtype of the cached outputs: `float32`, `float16` or `bfloat16`
     teacher_cache_dtype: str = "float32"
     #: without a cache folder: compute the teacher's outputs in the first epoch and reuse them in the later ones
@@ -232,6 +236,9 @@ class TrainingConfig(Serializable):
               f"{where}.teacher_cache_samples",
               f"must be a positive integer (at most 4096) or null, got {self.teacher_cache_samples!r}",
               "set e.g. `teacher_cache_samples: 24` (with `teacher_cache_top_k: 8`), or null for top-k / dense logits")
+        check(self.teacher_cache_sampler in ("multinomial", "systematic", "threshold"),
+              f"{where}.teacher_cache_sampler", f"unknown {self.teacher_cache_sampler!r}",
+              "set `multinomial`, `systematic` or `threshold`")
         check(self.teacher_cache_samples is None or self.teacher_cache, f"{where}.teacher_cache_samples",
               "is set but there is no teacher_cache to store sampled logits in",
               "set `teacher_cache: PATH`, or remove teacher_cache_samples")

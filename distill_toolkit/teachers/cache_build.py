@@ -72,7 +72,7 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
                         temperature: Optional[float] = None, dtype: str = "float32", batch_size: int = 32,
                         shard_size: int = 1024, adaptor=None, overwrite: bool = False, verify: str = "full",
                         on_shard: Optional[Callable[[int], None]] = None, samples: Optional[int] = None,
-                        seed: int = 0) -> TeacherCache:
+                        seed: int = 0, sampler: str = "multinomial") -> TeacherCache:
     """Run ``teacher`` once over ``dataset`` and write its outputs to ``path``; returns the opened cache.
 
     Args:
@@ -87,6 +87,9 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
         dtype: storage dtype of logits/log-probs and features: ``float32``, ``float16`` or ``bfloat16``.
         samples, seed: a sampled sparse teacher (:mod:`~distill_toolkit.data.cache.sampled`): the ``top_k`` (or
             none) exactly plus ``samples`` draws from the rest, seeded by ``seed`` and the example id; for forward_kl.
+        sampler: how a sampled cache chooses its entries: ``multinomial`` (independent draws), ``systematic``
+            (stratified, lower variance) or ``threshold`` (``top_k + samples`` distinct entries, the least noise);
+            :data:`~distill_toolkit.losses.sampled.SAMPLERS`.
         shard_size: examples per shard (the unit of resumption and of the split across ranks).
         overwrite: replace a finished cache built for something else (otherwise that is an error).
         on_shard: called with the shard index after each shard is saved (progress, tests).
@@ -96,7 +99,7 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
     """
     path = Path(path)
     _check_settings(dtype, top_k)
-    sampling = _sampling(samples, top_k, seed, distillation)
+    sampling = _sampling(samples, top_k, seed, distillation, sampler)
     feature_keys, task, temperature = _stored_set(distillation, feature_keys, role, task, top_k or samples, temperature)
     state = _process_state()
     data_digest, hashes = data_fingerprint(dataset, collate_fn)
@@ -106,6 +109,8 @@ def build_teacher_cache(teacher: torch.nn.Module, dataset, path: Union[str, Path
                    "temperature": float(temperature), "dtype": dtype, "num_examples": len(hashes)}
     if sampling is not None:  # only then: the fingerprints of dense and top-k caches are unchanged
         fingerprint.update(samples=sampling.samples, sample_seed=sampling.seed)
+        if sampling.sampler != "multinomial":  # only then: caches built before the option keep their fingerprint
+            fingerprint["sampler"] = sampling.sampler
     existing = _existing_cache(path, fingerprint, verify, overwrite)
     if existing is not None:
         return existing
@@ -134,7 +139,8 @@ def _check_settings(dtype: str, top_k: Optional[int]) -> None:
         raise ValueError(f"training.teacher_cache_top_k: must be a positive integer or null, got {top_k!r}")
 
 
-def _sampling(samples: Optional[int], top_k: Optional[int], seed: int, distillation) -> Optional[SampledLogits]:
+def _sampling(samples: Optional[int], top_k: Optional[int], seed: int, distillation,
+              sampler: str) -> Optional[SampledLogits]:
     """The draws of a sampled cache (None without ``samples``); its loss is checked before the teacher runs."""
     if samples is None:
         return None
@@ -142,7 +148,7 @@ def _sampling(samples: Optional[int], top_k: Optional[int], seed: int, distillat
         raise ValueError(f"training.teacher_cache_samples: a sampled teacher estimates the forward-KL gradient "
                          f"without bias, but distillation.kd_loss is {distillation.kd_loss!r}. Fix: use kd_loss: "
                          "forward_kl, or a top-k cache (teacher_cache_top_k alone) for other divergences")
-    return SampledLogits(samples, top_k or 0, seed)
+    return SampledLogits(samples, top_k or 0, seed, sampler)
 
 
 def _stored_set(distillation, feature_keys, role: str, task: Optional[str], top_k: Optional[int],

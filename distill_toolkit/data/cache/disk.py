@@ -11,7 +11,8 @@ temporary folder and renamed, then gets a ``.done`` marker. A tensor column ``NA
 large list per example) beside ``NAME#shape``; bfloat16 is stored as its uint16 bit pattern (Arrow has no
 bfloat16), top-k indices as uint16 when the vocabulary fits, else int32. A sampled head
 (:mod:`distill_toolkit.data.cache.sampled`) stores its entries ragged: ``sampled.i.counts`` per position
-(uint16), then its indices and log-probabilities back to back.
+(uint16), then its indices and log-probabilities back to back (a threshold-sampled head also
+``sampled.i.exact``, uint16, and ``sampled.i.threshold`` per position).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def storage_kind(name: str, dtype: str, vocab: int) -> str:
     """How tensor ``name`` is stored: ``dtype``, except top-k indices (integers) and tails (always fp32)."""
     if name.endswith(".indices"):
         return "uint16" if vocab <= 65535 else "int32"
-    if name.endswith(".counts"):  # entries per position of a sampled head (at most MAX_ENTRIES)
+    if name.endswith((".counts", ".exact")):  # entries per position of a sampled head (at most MAX_ENTRIES)
         return "uint16"
     if name.endswith(".tail"):
         return "float32"  # the tail's log mass is small and precision-sensitive

@@ -162,14 +162,26 @@ def _sampled_head(records: list[dict], layouts: dict, mask: Optional[torch.Tenso
     name = f"sampled.{head}.counts"
     counts = [r[name] for r in records]
     columns = max(width(c) for c in counts)
-    out = {}
-    for field, part in (("indices", "indices"), ("logprobs", "logprobs")):
-        padded = [unpack(r[f"sampled.{head}.{part}"], c, columns, indices=part == "indices")
-                  for r, c in zip(records, counts)]
-        out[field] = expand(padded, layouts[name], mask, f"sampled.{head}.{part}", ids)
+    indices = [unpack(r[f"sampled.{head}.indices"], c, columns, indices=True) for r, c in zip(records, counts)]
+    if f"sampled.{head}.exact" in layouts:  # threshold-sampled: only the exact entries carry their own value
+        logprobs = [_threshold_logprobs(r, head, c, columns) for r, c in zip(records, counts)]
+    else:
+        logprobs = [unpack(r[f"sampled.{head}.logprobs"], c, columns, indices=False) for r, c in zip(records, counts)]
+    out = {"indices": expand(indices, layouts[name], mask, f"sampled.{head}.indices", ids),
+           "logprobs": expand(logprobs, layouts[name], mask, f"sampled.{head}.logprobs", ids)}
     out["tail_logprob"] = torch.full(out["logprobs"].shape[:-1], FLOOR, dtype=out["logprobs"].dtype,
                                      device=out["logprobs"].device)
     return out
+
+
+def _threshold_logprobs(record: dict, head: int, counts: torch.Tensor, columns: int) -> torch.Tensor:
+    """One example's padded log-probabilities of a threshold-sampled head: the exact entries as stored, the
+    drawn ones (columns ``exact`` to ``counts``) at the position's ``log tau``, the floor after them."""
+    exact = record[f"sampled.{head}.exact"]
+    out = unpack(record[f"sampled.{head}.logprobs"], exact, columns, indices=False)
+    column = torch.arange(columns, device=out.device)
+    drawn = (column >= exact.unsqueeze(-1)) & (column < counts.unsqueeze(-1))
+    return torch.where(drawn, record[f"sampled.{head}.threshold"].to(out.dtype).unsqueeze(-1), out)
 
 
 def view_from_payload(payload: Mapping, batch: Mapping) -> ModelView:

@@ -186,6 +186,11 @@ class TeacherCache:
         return self.fingerprint.get("samples")
 
     @property
+    def sampler(self) -> Optional[str]:
+        """How a sampled cache placed its draws (``multinomial`` or ``systematic``); None for other caches."""
+        return self.fingerprint.get("sampler", "multinomial") if self.samples else None
+
+    @property
     def temperature(self) -> float:
         """The temperature of the stored top-k log-probabilities (1.0 for dense logits)."""
         return self.fingerprint["temperature"]
