@@ -48,14 +48,23 @@ def smooth(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def _shape(row: dict) -> str:
-    return row["row"].rsplit("_", 1)[0] if row["row"] != "teacher" else "teacher"
+def _family(row: dict) -> str:
+    return row["row"].split("_", 1)[0]
+
+
+def _marker(row: dict) -> str:
+    """A star for the teacher; one shape per recipe that closes the gap (relations, general stage, augmented)."""
+    if row["distilled"] is None:
+        return "*"
+    return next((m for part, m in (("_rel_", "D"), ("_gkd", "^"), ("_aug_", "s")) if part in row["row"]), "o")
 
 
 def plot_tradeoff(rows: list[dict], path, title: str = "") -> Path:
-    """Test accuracy against parameters and against examples/s; teacher as the reference line."""
+    """Test accuracy (the mean over recorded seeds) against parameters and against examples/s; the teacher as
+    the reference line, an arrow from each distilled row's no-teacher row (``baseline``) to it."""
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    by_name = {r["row"]: r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharey=True)
     for ax, key, xlabel in ((axes[0], "params", "parameters (millions, embeddings included)"),
                             (axes[1], "examples_per_second", "inference examples / second (this CPU)")):
         scale = 1e6 if key == "params" else 1.0
@@ -63,26 +72,26 @@ def plot_tradeoff(rows: list[dict], path, title: str = "") -> Path:
             ax.axhline(teacher["test_accuracy"], color="black", linestyle="--", linewidth=1, label="teacher")
             ax.axhline(0.99 * teacher["test_accuracy"], color="grey", linestyle=":", linewidth=1,
                        label="99% of teacher")
-        for shape in dict.fromkeys(_shape(r) for r in rows):
-            group = {r["distilled"]: r for r in rows if _shape(r) == shape}
-            color = COLORS.get(shape, "tab:purple")
-            if True in group and False in group:  # an arrow from the no-teacher run to the distilled one
-                a, b = group[False], group[True]
-                ax.annotate("", xy=(b[key] / scale, b["test_accuracy"]), xytext=(a[key] / scale, a["test_accuracy"]),
+        for r in rows:
+            color = COLORS.get(_family(r), "tab:purple")
+            base = by_name.get(r.get("baseline") or "")
+            if r["distilled"] and base:  # an arrow from the no-teacher run to the distilled one
+                ax.annotate("", xy=(r[key] / scale, r["test_accuracy"]),
+                            xytext=(base[key] / scale, base["test_accuracy"]),
                             arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.6})
-            for distilled, r in group.items():
-                marker = "*" if distilled is None else "o"
-                ax.scatter(r[key] / scale, r["test_accuracy"], s=140 if distilled is None else 70, marker=marker,
-                           color=color if distilled is not False else "white", edgecolors=color, linewidths=1.8,
-                           zorder=3, label=r["model"] + ("" if distilled is None else
-                                                         " (distilled)" if distilled else " (no teacher)"))
+            distilled = r["distilled"]
+            ax.scatter(r[key] / scale, r["test_accuracy"], s=140 if distilled is None else 70, marker=_marker(r),
+                       color=color if distilled is not False else "white", edgecolors=color, linewidths=1.8,
+                       zorder=3, label=r["model"] + ("" if distilled is None else
+                                                     " (distilled)" if distilled else " (no teacher)"))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(title + " — filled: distilled, hollow: no teacher, arrow: what KD adds")
-    fig.tight_layout(rect=(0, 0.16, 1, 0.95))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title + " — filled: distilled (diamond: + relations, triangle: general stage first, "
+                 "square: augmented set), hollow: no teacher, arrow: what KD adds", fontsize=10)
+    fig.tight_layout(rect=(0, 0.22, 1, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,6 +14,10 @@ code; only the student differs, because a GRU is not a Hugging Face model:
   ``random`` leaves them random. Other weights are random, seeded by ``training.seed``, so the
   distilled run and its no-teacher baseline start from the same point.
 
+``data.augment`` grows the training split as in the CLI (``docs/task_agnostic.md``): the copies
+are labelled by the teacher alone (labels ``-100``, so ``hard_label_weight: 0``), and
+``replace_with: embedding`` finds the replacement words in the teacher's input embeddings.
+
 The student is trained by the toolkit's :class:`~distill_toolkit.Trainer` through the custom
 adaptor :func:`bigru.bigru_adaptor`; the exported folder holds ``model.safetensors``, the
 tokenizer and ``bigru.json`` (the sizes), read back by :func:`load_student`.
@@ -95,7 +99,7 @@ def run(config: ExperimentConfig) -> dict:
     teacher = None
     if config.distillation.strategy != "supervised":
         teacher = load_classifier(config.teacher.path, config_overrides=config.teacher.config)
-    data = tokenized_data(config, tokenizer)
+    data = tokenized_data(config, tokenizer, teacher)  # teacher: embedding neighbours for data.augment
     trainer = Trainer(student, config.training, config.distillation, data["train"], teacher=teacher,
                       eval_data=data["dev"], test_data=data["test"], collate_fn=PaddingCollator(tokenizer),
                       tokenizer=tokenizer, student_adaptor=bigru_adaptor)  # result["test"]: the test split's scores

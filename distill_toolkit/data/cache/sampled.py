@@ -22,8 +22,9 @@ rest all at the one value ``tau``; so only the exact ones store a log-probabilit
     sampled.i.threshold  (positions,)  teacher_cache_dtype  log tau (the floor where nothing is drawn)
     sampled.i.logprobs   (exact entries,)                   their log p, back to back
 
-and a position costs ``6 + entries * 2 + exact * 2`` bytes in fp16. The draws of an example come from a generator seeded by ``(seed, example id)``: the cache
-is the same whatever the batch size, the padding, the shards or the ranks. Read back, a head is a
+and a position costs ``6 + entries * 2 + exact * 2`` bytes in fp16. The draws of an example come from a
+generator seeded by ``(seed, example id)``: the cache is the same whatever the batch size, the padding,
+the shards or the ranks. Read back, a head is a
 :class:`~distill_toolkit.losses.logits.SparseTeacher` padded to the batch's widest position
 (:mod:`~distill_toolkit.data.cache.ragged`) with an empty tail bucket; train it with ``forward_kl``.
 """
