@@ -132,7 +132,8 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "t3_rel_kd": ["student.layers=[1]",
                       "distillation.matches=[{teacher_layer: 2, student_layer: 1}, {feature: query, teacher_layer: 1, "
                       "student_layer: 0, loss: minilmv2_relation, loss_kwargs: {relation_heads: 4}}, {feature: value, "
-                      "teacher_layer: 1, student_layer: 0, loss: minilmv2_relation, loss_kwargs: {relation_heads: 4}}]"],
+                      "teacher_layer: 1, student_layer: 0, loss: minilmv2_relation, "
+                      "loss_kwargs: {relation_heads: 4}}]"],
         "t4tiny_general": ["student.config={num_hidden_layers: 2, hidden_size: 48, intermediate_size: 96, "
                            "num_attention_heads: 4}", f"distillation.matches={_TINY_GENERAL}"],
         "t4tiny_gkd": [f"distillation.matches={_TINY_MATCHES}"],

@@ -165,7 +165,8 @@ def _teacher_source(run: dict, args, teacher, train, collate, tokenizer, distill
     cache = build_teacher_cache(teacher, train, path, collate_fn=collate, distillation=distillation,
                                 tokenizer=tokenizer, top_k=run.get("top_k") or None, samples=run.get("samples"),
                                 sampler=run.get("sampler", "multinomial"),
-                                seed=run.get("cache_seed", args.seed), dtype="float32" if run["kind"] == "dense" else args.dtype,
+                                seed=run.get("cache_seed", args.seed),
+                                dtype="float32" if run["kind"] == "dense" else args.dtype,
                                 batch_size=32)
     return cache, cache.bytes_per_token, time.perf_counter() - start
 

@@ -62,7 +62,8 @@ def test_systematic_and_threshold_draws_are_unbiased_with_less_spread_and_keep_e
                              for _ in range(3000)])
         spread[sampler] = draws.std(0)
         # the mean within 5 standard errors of the dense gradient at every logit (the spread measured here)
-        assert ((draws.mean(0) - dense).abs() <= 5 * spread[sampler] / 3000 ** 0.5 + 5e-5).all(), sampler  # + float32 error
+        bound = 5 * spread[sampler] / 3000 ** 0.5 + 5e-5  # + float32 error where a logit's spread is about 0
+        assert ((draws.mean(0) - dense).abs() <= bound).all(), sampler
     assert spread["systematic"].sum() < 0.9 * spread["multinomial"].sum()  # measured 0.80
     assert spread["threshold"].sum() < spread["systematic"].sum()  # measured 0.97
     # one point per stratum of the tail: a class of tail mass w comes up floor(6 w) or ceil(6 w) times
@@ -72,7 +73,8 @@ def test_systematic_and_threshold_draws_are_unbiased_with_less_spread_and_keep_e
     w = (tail - tail.logsumexp(-1, keepdim=True)).exp()
     for r in range(4):
         n = int(rows.counts[r])
-        got = torch.zeros(40).index_put_((rows.indices[r, 2:n],), (rows.logprobs[r, 2:n] - tail[r].logsumexp(-1)).exp() * 6)
+        share = (rows.logprobs[r, 2:n] - tail[r].logsumexp(-1)).exp() * 6
+        got = torch.zeros(40).index_put_((rows.indices[r, 2:n],), share)
         counts = got.round()
         torch.testing.assert_close(got, counts, atol=1e-4, rtol=0)
         assert ((counts >= (6 * w[r]).floor() - 1e-6) & (counts <= (6 * w[r]).ceil() + 1e-6)).all()

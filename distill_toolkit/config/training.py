@@ -121,7 +121,7 @@ class TrainingConfig(Serializable):
     teacher_cache_samples: Optional[int] = None
     #: how a sampled cache chooses its entries: `multinomial` (independent draws), `systematic` (one draw per equal
     #: stratum of the tail's CDF: unbiased too, less variance) or `threshold` (exactly `top_k + samples` distinct
-    #: entries: every token above a threshold exactly, the rest drawn systematically; unbiased, the least noise of the three)
+    #: entries: every token above a threshold exactly, the rest drawn systematically; unbiased, the most compact)
     teacher_cache_sampler: str = "multinomial"
     #: dtype of the cached outputs: `float32`, `float16` or `bfloat16`
     teacher_cache_dtype: str = "float32"

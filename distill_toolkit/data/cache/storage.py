@@ -187,7 +187,8 @@ class TeacherCache:
 
     @property
     def sampler(self) -> Optional[str]:
-        """How a sampled cache placed its draws (``multinomial`` or ``systematic``); None for other caches."""
+        """How a sampled cache chose its entries (``multinomial``, ``systematic`` or ``threshold``); None for
+        other caches."""
         return self.fingerprint.get("sampler", "multinomial") if self.samples else None
 
     @property
